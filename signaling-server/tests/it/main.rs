@@ -1,0 +1,8 @@
+//! Integration tests of `skiff-signal` with real WebSocket clients over loopback.
+
+mod limits;
+mod nameplates;
+mod ops;
+mod presence;
+mod turn;
+mod util;
