@@ -47,12 +47,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging();
     let args = Args::parse();
     let mut config = match &args.config {
         Some(path) => Config::from_file(path).context("loading the configuration")?,
@@ -81,6 +76,21 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("serving")?;
     Ok(())
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`). The WebSocket library's debug
+/// and trace output dumps frame contents, so it never reaches the log, whatever `RUST_LOG` says:
+/// logs never contain blobs.
+fn init_logging() {
+    let wanted = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned());
+    // Appended last, these win over any `RUST_LOG` directive for the same targets.
+    let spec = format!("{wanted},tungstenite=info,tokio_tungstenite=info");
+    let filter = EnvFilter::try_new(&spec).unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
 }
 
 /// Completes on SIGTERM (systemd stop, container stop) or Ctrl-C.
