@@ -1,0 +1,30 @@
+//! skiff-core: the Skiff engine.
+//!
+//! Owns: transfers end to end — manifests, the crypto session, chunk streaming with
+//! per-chunk and per-file SHA-256, crash-safe writes, SQLite checkpoints, resume — behind
+//! one [`Node`] handle. Transports plug in through [`transport`].
+//! Must not: import any UI framework, or block the async runtime.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod config;
+pub mod crypto;
+pub mod error;
+pub mod events;
+pub mod fsx;
+pub mod names;
+pub mod node;
+pub mod recv;
+pub mod send;
+pub mod session;
+pub mod signal;
+pub mod store;
+mod tasks;
+pub mod transport;
+pub mod walk;
+
+pub use config::Config;
+pub use error::{Error, Result};
+pub use events::Event;
+pub use node::{
+    Decision, IncomingOffer, Node, Outcome, ReceiveOptions, SendOptions, SendStarted, TransferInfo,
+};

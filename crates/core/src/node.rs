@@ -1,0 +1,426 @@
+//! The `Node`: one handle over an owned actor task that starts, tracks and stops transfers.
+//!
+//! Owns: the map of running transfers (each with a child cancellation token), pending
+//! accept decisions, finished outcomes and their waiters. Every task it starts is spawned
+//! on its `TaskTracker`; `shutdown` cancels all and waits for them.
+//! Must not: await I/O in the actor loop itself (work runs in the spawned tasks).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::events::{DoneFile, Event, Events, OfferEntry};
+use crate::store::{Direction, Store};
+use crate::{tasks, Error, Result};
+
+/// Options of a send.
+#[derive(Debug, Clone)]
+pub struct SendOptions {
+    /// Address to listen on for the receiver (direct mode), e.g. `0.0.0.0:9000`.
+    pub listen: String,
+}
+
+/// A send that is ready for its receiver.
+#[derive(Debug, Clone)]
+pub struct SendStarted {
+    pub id: String,
+    pub code: String,
+    pub listen: String,
+    pub skipped: Vec<(PathBuf, String)>,
+}
+
+/// Options of a receive.
+#[derive(Debug, Clone)]
+pub struct ReceiveOptions {
+    /// Address of the sender (direct mode).
+    pub connect: String,
+    /// Destination folder; the configured download folder when `None`.
+    pub dir: Option<PathBuf>,
+    /// Accept the offer without waiting for [`Node::decide`].
+    pub auto_accept: bool,
+    /// How long to keep reconnecting after the connection drops.
+    pub reconnect_for: Duration,
+}
+
+/// What a sender offers, shown before accepting.
+#[derive(Debug, Clone)]
+pub struct IncomingOffer {
+    pub id: String,
+    pub sender: String,
+    pub files: usize,
+    pub dirs: usize,
+    pub total: u64,
+    pub entries: Vec<OfferEntry>,
+}
+
+/// The receiver's answer to an offer.
+#[derive(Debug, Clone)]
+pub enum Decision {
+    Accept { dir: Option<PathBuf> },
+    Decline,
+}
+
+/// How a transfer ended.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Done {
+        path: String,
+        files: Vec<DoneFile>,
+    },
+    Failed {
+        kind: String,
+        message: String,
+        resumable: bool,
+    },
+}
+
+impl Outcome {
+    pub(crate) fn failed(e: &Error) -> Self {
+        Outcome::Failed {
+            kind: e.code().to_owned(),
+            message: e.to_string(),
+            resumable: e.is_resumable(),
+        }
+    }
+}
+
+/// A transfer as listed.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TransferInfo {
+    pub id: String,
+    pub direction: &'static str,
+    pub state: String,
+    pub peer: String,
+    pub peer_name: String,
+    pub path: Option<String>,
+    pub files: usize,
+    pub total: u64,
+    /// Bytes known to be safe at the receiver (receiver side only).
+    pub held: Option<u64>,
+    pub dest: Option<String>,
+    pub error: Option<String>,
+    pub created: i64,
+}
+
+pub(crate) enum Command {
+    Send {
+        paths: Vec<PathBuf>,
+        opts: SendOptions,
+        reply: oneshot::Sender<Result<SendStarted>>,
+    },
+    Receive {
+        code: String,
+        opts: ReceiveOptions,
+        reply: oneshot::Sender<Result<IncomingOffer>>,
+    },
+    Decide {
+        id: String,
+        decision: Decision,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    Resume {
+        id: String,
+        reconnect_for: Duration,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    Cancel {
+        id: String,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    Wait {
+        id: String,
+        reply: oneshot::Sender<Outcome>,
+    },
+    // From the node's own tasks:
+    Started {
+        id: String,
+        cancel: CancellationToken,
+    },
+    Offered {
+        id: String,
+        cancel: CancellationToken,
+        decision: oneshot::Sender<Decision>,
+    },
+    Finished {
+        id: String,
+        outcome: Outcome,
+    },
+}
+
+/// Shared by the node's tasks.
+#[derive(Clone)]
+pub(crate) struct Ctx {
+    pub store: Store,
+    pub config: Config,
+    pub events: Events,
+    pub internal: mpsc::Sender<Command>,
+}
+
+impl Ctx {
+    pub(crate) async fn finished(&self, id: &str, outcome: Outcome) {
+        let _ = self
+            .internal
+            .send(Command::Finished {
+                id: id.to_owned(),
+                outcome,
+            })
+            .await;
+    }
+}
+
+/// Handle to the engine. Cheap to clone.
+#[derive(Clone)]
+pub struct Node {
+    cmds: mpsc::Sender<Command>,
+    events: Events,
+    store: Store,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Node {
+    /// Opens the data directory and starts the actor.
+    pub async fn spawn(config: Config) -> Result<Self> {
+        let dir = config.data_dir.clone();
+        let (store, moved) = tokio::task::spawn_blocking(move || Store::open(&dir))
+            .await
+            .map_err(|_| Error::protocol("opening the store failed"))??;
+        let events = Events::new();
+        if let Some(aside) = moved {
+            let e = Error::InvalidInput {
+                reason: format!(
+                    "the checkpoint database was damaged and was moved to {}",
+                    aside.display()
+                ),
+            };
+            events.error(None, &e);
+        }
+        let (cmds, inbox) = mpsc::channel(64);
+        let cancel = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let ctx = Ctx {
+            store: store.clone(),
+            config,
+            events: events.clone(),
+            internal: cmds.clone(),
+        };
+        let actor = Actor {
+            inbox,
+            ctx,
+            cancel: cancel.clone(),
+            tasks: tasks.clone(),
+            running: HashMap::new(),
+            decisions: HashMap::new(),
+            finished: HashMap::new(),
+            waiters: HashMap::new(),
+        };
+        tasks.spawn(actor.run());
+        Ok(Self {
+            cmds,
+            events,
+            store,
+            cancel,
+            tasks,
+        })
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T> {
+        let (reply, rx) = oneshot::channel();
+        self.cmds
+            .send(make(reply))
+            .await
+            .map_err(|_| Error::NodeStopped)?;
+        rx.await.map_err(|_| Error::NodeStopped)
+    }
+
+    /// Subscribes to the event stream.
+    pub fn events(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// Offers `paths`; returns once the code exists and the listener is up.
+    pub async fn send(&self, paths: Vec<PathBuf>, opts: SendOptions) -> Result<SendStarted> {
+        self.ask(|reply| Command::Send { paths, opts, reply })
+            .await?
+    }
+
+    /// Connects with a code; returns the offer (already being accepted if `auto_accept`).
+    pub async fn receive(&self, code: &str, opts: ReceiveOptions) -> Result<IncomingOffer> {
+        let code = code.to_owned();
+        self.ask(|reply| Command::Receive { code, opts, reply })
+            .await?
+    }
+
+    /// Accepts or declines an offer returned by [`Node::receive`].
+    pub async fn decide(&self, id: &str, decision: Decision) -> Result<()> {
+        let id = id.to_owned();
+        self.ask(|reply| Command::Decide {
+            id,
+            decision,
+            reply,
+        })
+        .await?
+    }
+
+    /// Continues an interrupted transfer from its checkpoint (either side).
+    pub async fn resume(&self, id: &str, reconnect_for: Duration) -> Result<()> {
+        let id = id.to_owned();
+        self.ask(|reply| Command::Resume {
+            id,
+            reconnect_for,
+            reply,
+        })
+        .await?
+    }
+
+    pub async fn cancel(&self, id: &str) -> Result<()> {
+        let id = id.to_owned();
+        self.ask(|reply| Command::Cancel { id, reply }).await?
+    }
+
+    /// Waits until a running transfer ends.
+    pub async fn wait(&self, id: &str) -> Result<Outcome> {
+        let id = id.to_owned();
+        self.ask(|reply| Command::Wait { id, reply }).await
+    }
+
+    /// Every transfer in the data directory.
+    pub async fn list(&self) -> Result<Vec<TransferInfo>> {
+        self.store.call(tasks::list).await
+    }
+
+    /// Ids of the transfers that can be resumed.
+    pub async fn resumable(&self) -> Result<Vec<String>> {
+        Ok(self
+            .list()
+            .await?
+            .into_iter()
+            .filter(|t| tasks::is_resumable_state(&t.state))
+            .map(|t| t.id)
+            .collect())
+    }
+
+    /// Cancels every task and returns once all of them have finished.
+    pub async fn shutdown(&self) {
+        self.cancel.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
+
+struct Actor {
+    inbox: mpsc::Receiver<Command>,
+    ctx: Ctx,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+    running: HashMap<String, CancellationToken>,
+    decisions: HashMap<String, oneshot::Sender<Decision>>,
+    finished: HashMap<String, Outcome>,
+    waiters: HashMap<String, Vec<oneshot::Sender<Outcome>>>,
+}
+
+impl Actor {
+    async fn run(mut self) {
+        loop {
+            tokio::select! {
+                biased;
+                () = self.cancel.cancelled() => break,
+                cmd = self.inbox.recv() => match cmd {
+                    Some(cmd) => self.handle(cmd),
+                    None => break,
+                },
+            }
+        }
+    }
+
+    fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::Send { paths, opts, reply } => {
+                let token = self.cancel.child_token();
+                self.tasks
+                    .spawn(tasks::send(self.ctx.clone(), paths, opts, token, reply));
+            }
+            Command::Receive { code, opts, reply } => {
+                let token = self.cancel.child_token();
+                self.tasks
+                    .spawn(tasks::receive(self.ctx.clone(), code, opts, token, reply));
+            }
+            Command::Decide {
+                id,
+                decision,
+                reply,
+            } => {
+                let r = match self.decisions.remove(&id) {
+                    Some(tx) => tx.send(decision).map_err(|_| Error::UnknownTransfer { id }),
+                    None => Err(Error::UnknownTransfer { id }),
+                };
+                let _ = reply.send(r);
+            }
+            Command::Resume {
+                id,
+                reconnect_for,
+                reply,
+            } => {
+                if self.running.contains_key(&id) {
+                    let _ = reply.send(Ok(()));
+                    return;
+                }
+                self.finished.remove(&id);
+                let token = self.cancel.child_token();
+                self.running.insert(id.clone(), token.clone());
+                self.tasks.spawn(tasks::resume(
+                    self.ctx.clone(),
+                    id,
+                    reconnect_for,
+                    token,
+                    reply,
+                ));
+            }
+            Command::Cancel { id, reply } => {
+                let r = match self.running.get(&id) {
+                    Some(t) => {
+                        t.cancel();
+                        Ok(())
+                    }
+                    None => Err(Error::UnknownTransfer { id }),
+                };
+                let _ = reply.send(r);
+            }
+            Command::Wait { id, reply } => {
+                if let Some(o) = self.finished.get(&id) {
+                    let _ = reply.send(o.clone());
+                } else {
+                    self.waiters.entry(id).or_default().push(reply);
+                }
+            }
+            Command::Started { id, cancel } => {
+                self.running.insert(id, cancel);
+            }
+            Command::Offered {
+                id,
+                cancel,
+                decision,
+            } => {
+                self.running.insert(id.clone(), cancel);
+                self.decisions.insert(id, decision);
+            }
+            Command::Finished { id, outcome } => {
+                self.running.remove(&id);
+                self.decisions.remove(&id);
+                for w in self.waiters.remove(&id).unwrap_or_default() {
+                    let _ = w.send(outcome.clone());
+                }
+                self.finished.insert(id, outcome);
+            }
+        }
+    }
+}
+
+pub(crate) fn direction_str(d: Direction) -> &'static str {
+    d.as_str()
+}

@@ -1,0 +1,878 @@
+//! The long-running work behind each `Node` command: the seeder (a sender that keeps
+//! serving until the receiver has everything), the receiver with its reconnect loop, and
+//! resume of either from the checkpoint.
+//!
+//! Owns: transfer states in the store (waiting → transferring ⇄ interrupted → completed |
+//! failed | cancelled | declined) and the one-PAKE-attempt-per-code rule.
+//! Must not: run blocking work outside `spawn_blocking`, or outlive its cancellation token.
+
+use std::time::{Duration, Instant};
+
+use skiff_proto::code::ShareCode;
+use skiff_proto::frame::{Plain, COUNTER_LEN};
+use skiff_proto::handshake::{hex_field, DialHello};
+use skiff_proto::manifest::{Entry, Manifest};
+use skiff_proto::peer::{ReceiverMsg, SenderMsg};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::TransferLock;
+use crate::events::{Event, OfferEntry};
+use crate::fsx::DestDir;
+use crate::node::{
+    Command, Ctx, Decision, IncomingOffer, Outcome, ReceiveOptions, SendOptions, SendStarted,
+    TransferInfo,
+};
+use crate::recv::{self, Holdings, RecvCtx};
+use crate::send::{self, SendCtx};
+use crate::session::{self, Channel};
+use crate::store::{Direction, Store, TransferRow};
+use crate::transport::tcp;
+use crate::walk;
+use crate::{Error, Result};
+
+/// Waiting for the sender's offer after the handshake.
+const OFFER_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub(crate) fn is_resumable_state(state: &str) -> bool {
+    matches!(state, "transferring" | "interrupted" | "waiting")
+}
+
+async fn blocking<R: Send + 'static>(f: impl FnOnce() -> Result<R> + Send + 'static) -> Result<R> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| Error::protocol("blocking task failed"))?
+}
+
+async fn set_state(store: &Store, ctx: &Ctx, id: &str, state: &'static str, err: Option<&Error>) {
+    let (id2, kind, msg) = (
+        id.to_owned(),
+        err.map(|e| e.code().to_owned()),
+        err.map(|e| e.to_string()),
+    );
+    let _ = store
+        .call(move |s| s.set_state(&id2, state, kind.as_deref().zip(msg.as_deref())))
+        .await;
+    ctx.events.state(id, state);
+}
+
+fn new_id() -> String {
+    hex::encode(rand::random::<[u8; 16]>())
+}
+
+// ---------------------------------------------------------------- sender
+
+pub(crate) async fn send(
+    ctx: Ctx,
+    paths: Vec<std::path::PathBuf>,
+    opts: SendOptions,
+    cancel: CancellationToken,
+    reply: oneshot::Sender<Result<SendStarted>>,
+) {
+    let id = new_id();
+    let prepared =
+        async {
+            let offer = blocking(move || walk::build(&paths)).await?;
+            let listener = tcp::listen(&opts.listen).await?;
+            let listen = listener
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or(opts.listen.clone());
+            let lock = TransferLock::acquire(&ctx.config.data_dir, &id)?;
+            let row = TransferRow {
+                id: id.clone(),
+                direction: Direction::Send,
+                state: "waiting".into(),
+                peer_addr: listen.clone(),
+                resume_secret: None,
+                manifest: String::from_utf8_lossy(&offer.manifest.encode()).into_owned(),
+                dest_dir: None,
+                peer_name: String::new(),
+                total_bytes: offer.manifest.total_bytes().unwrap_or(0),
+                path_kind: None,
+                error_kind: None,
+                error: None,
+                created: 0,
+                updated: 0,
+            };
+            let files: Vec<(u32, walk::Source)> = offer
+                .sources
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| s.clone().map(|s| (i as u32, s)))
+                .collect();
+            ctx.store
+                .call(move |s| {
+                    s.insert_transfer(&row)?;
+                    s.insert_send_files(&row.id, &files)
+                })
+                .await?;
+            let mut rng = rand::thread_rng();
+            let code = ShareCode::generate(&ShareCode::random_nameplate(&mut rng), &mut rng)
+                .map_err(|e| Error::BadCode {
+                    reason: e.to_string(),
+                })?;
+            Ok::<_, Error>((offer, listener, listen, lock, code))
+        }
+        .await;
+    let (offer, listener, listen, lock, code) = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = reply.send(Err(e));
+            return;
+        }
+    };
+    let _ = ctx
+        .internal
+        .send(Command::Started {
+            id: id.clone(),
+            cancel: cancel.clone(),
+        })
+        .await;
+    ctx.events.emit(Event::Code {
+        transfer: id.clone(),
+        code: code.to_string(),
+        link: code.link(),
+        listen: listen.clone(),
+    });
+    let _ = reply.send(Ok(SendStarted {
+        id: id.clone(),
+        code: code.to_string(),
+        listen,
+        skipped: offer.skipped,
+    }));
+    let outcome = seed(&ctx, &id, listener, Some(code), &cancel).await;
+    drop(lock);
+    ctx.finished(&id, outcome).await;
+}
+
+async fn send_ctx(ctx: &Ctx, id: &str, cancel: &CancellationToken) -> Result<SendCtx> {
+    let id2 = id.to_owned();
+    let (row, files) = ctx
+        .store
+        .call(move |s| {
+            Ok((
+                s.transfer(&id2)?
+                    .ok_or(Error::UnknownTransfer { id: id2.clone() })?,
+                s.send_files(&id2)?,
+            ))
+        })
+        .await?;
+    let manifest =
+        Manifest::decode(row.manifest.as_bytes()).map_err(|e| Error::protocol(e.to_string()))?;
+    let mut sources = vec![None; manifest.entries.len()];
+    for f in files {
+        if let Some(slot) = sources.get_mut(f.idx as usize) {
+            *slot = Some(f);
+        }
+    }
+    Ok(SendCtx {
+        store: ctx.store.clone(),
+        id: id.to_owned(),
+        manifest,
+        sources,
+        device_name: ctx.config.device_name.clone(),
+        events: ctx.events.clone(),
+        cancel: cancel.clone(),
+    })
+}
+
+/// Serves connections until the transfer completes, fails for good, or is cancelled.
+/// `code` is the unused share code; after one PAKE attempt it is gone.
+async fn seed(
+    ctx: &Ctx,
+    id: &str,
+    listener: TcpListener,
+    mut code: Option<ShareCode>,
+    cancel: &CancellationToken,
+) -> Outcome {
+    let sctx = match send_ctx(ctx, id, cancel).await {
+        Ok(c) => c,
+        Err(e) => return fail(ctx, id, e).await,
+    };
+    loop {
+        let stream = tokio::select! {
+            biased;
+            () = cancel.cancelled() => return fail(ctx, id, Error::Cancelled).await,
+            accepted = listener.accept() => match accepted {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let mut conn = tcp::wrap(stream);
+        let hello = match session::read_hello(&mut conn).await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::info!("ignoring a connection from {}: {e}", conn.remote);
+                continue;
+            }
+        };
+        let (ch, fresh_secret) = match hello {
+            DialHello::Pake { nameplate, msg, .. } => {
+                let Some(c) = code.as_ref().filter(|c| c.nameplate() == nameplate) else {
+                    session::refuse(
+                        &mut conn,
+                        "unknown_transfer",
+                        "no transfer is waiting for this code",
+                    )
+                    .await;
+                    continue;
+                };
+                let attempt = session::accept_pake(conn, c, &msg).await;
+                // One PAKE attempt per code, whatever its result.
+                code = None;
+                match attempt {
+                    Ok((ch, secret)) => (ch, Some(secret)),
+                    Err(e) => {
+                        return fail(
+                            ctx,
+                            id,
+                            if matches!(e, Error::CodeMismatch) {
+                                e
+                            } else {
+                                Error::CodeMismatch
+                            },
+                        )
+                        .await
+                    }
+                }
+            }
+            DialHello::Resume {
+                rendezvous, nonce, ..
+            } => {
+                let id2 = id.to_owned();
+                let row = match ctx.store.call(move |s| s.transfer(&id2)).await {
+                    Ok(Some(r)) => r,
+                    _ => return fail(ctx, id, Error::UnknownTransfer { id: id.to_owned() }).await,
+                };
+                let matches = row.resume_secret.filter(|s| {
+                    hex_field::<32>(&rendezvous).is_ok_and(|r| crate::crypto::rendezvous(s) == r)
+                });
+                let Some(secret) = matches else {
+                    session::refuse(&mut conn, "unknown_transfer", "no such transfer here").await;
+                    continue;
+                };
+                match session::accept_resume(conn, &secret, &nonce).await {
+                    Ok(ch) => (ch, None),
+                    Err(e) => {
+                        tracing::info!("resume handshake failed: {e}");
+                        continue;
+                    }
+                }
+            }
+        };
+        if let Some(secret) = fresh_secret {
+            let (id2, path) = (id.to_owned(), ch.path.as_str().to_owned());
+            if let Err(e) = ctx
+                .store
+                .call(move |s| s.set_session(&id2, &secret, &path))
+                .await
+            {
+                return fail(ctx, id, e).await;
+            }
+        }
+        ctx.events.emit(Event::Connected {
+            transfer: id.to_owned(),
+            path: ch.path.as_str().to_owned(),
+            remote: ch.remote.clone(),
+            resumed: fresh_secret.is_none(),
+        });
+        let path = ch.path.as_str().to_owned();
+        set_state(&ctx.store, ctx, id, "transferring", None).await;
+        match send::serve(ch, &sctx).await {
+            Ok(()) => {
+                set_state(&ctx.store, ctx, id, "completed", None).await;
+                let files = sctx
+                    .manifest
+                    .entries
+                    .iter()
+                    .filter(|e| matches!(e, Entry::File { .. }))
+                    .map(|e| crate::events::DoneFile {
+                        path: e.path().to_owned(),
+                        sha256: String::new(),
+                    })
+                    .collect::<Vec<_>>();
+                let files = with_sender_digests(&ctx.store, id, files).await;
+                ctx.events.emit(Event::Done {
+                    transfer: id.to_owned(),
+                    path: path.clone(),
+                    files: files.clone(),
+                });
+                return Outcome::Done { path, files };
+            }
+            Err(e) if e.is_resumable() && !cancel.is_cancelled() => {
+                tracing::info!("session ended: {e}; waiting for the receiver to come back");
+                ctx.events.error(Some(id), &e);
+                set_state(&ctx.store, ctx, id, "interrupted", Some(&e)).await;
+            }
+            Err(e) => return fail(ctx, id, e).await,
+        }
+    }
+}
+
+async fn with_sender_digests(
+    store: &Store,
+    id: &str,
+    mut files: Vec<crate::events::DoneFile>,
+) -> Vec<crate::events::DoneFile> {
+    let id2 = id.to_owned();
+    // The sender learns each digest when it computes FileEnd; they are in the file rows.
+    if let Ok(rows) = store
+        .call(move |s| {
+            let conn = s.lock();
+            let mut stmt =
+                conn.prepare("SELECT sha256 FROM files WHERE transfer = ?1 ORDER BY idx")?;
+            let v = stmt
+                .query_map([&id2], |r| r.get::<_, Option<String>>(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(v)
+        })
+        .await
+    {
+        for (f, sha) in files.iter_mut().zip(rows) {
+            f.sha256 = sha.unwrap_or_default();
+        }
+    }
+    files
+}
+
+async fn fail(ctx: &Ctx, id: &str, e: Error) -> Outcome {
+    let state = match e {
+        Error::Cancelled => "cancelled",
+        Error::Declined => "declined",
+        _ if e.is_resumable() => "interrupted",
+        _ => "failed",
+    };
+    set_state(&ctx.store, ctx, id, state, Some(&e)).await;
+    ctx.events.error(Some(id), &e);
+    Outcome::failed(&e)
+}
+
+// ---------------------------------------------------------------- receiver
+
+async fn read_offer(ch: &mut Channel) -> Result<(String, String, Manifest)> {
+    let frame = tokio::time::timeout(OFFER_TIMEOUT, ch.rx.recv())
+        .await
+        .map_err(|_| Error::Timeout {
+            what: "waiting for the sender's offer",
+        })??
+        .ok_or(Error::ConnectionClosed)?;
+    match Plain::parse(&frame[COUNTER_LEN..]).map_err(|e| Error::protocol(e.to_string()))? {
+        Plain::Control(body) => match SenderMsg::decode(body).map_err(|e| Error::BadOffer {
+            reason: e.to_string(),
+        })? {
+            SenderMsg::Offer {
+                transfer,
+                sender,
+                manifest,
+            } => Ok((transfer, sender, manifest)),
+            SenderMsg::Error { kind, message } => Err(recv::remote_error(kind, message)),
+            SenderMsg::Cancel => Err(Error::Cancelled),
+            other => Err(Error::protocol(format!("expected an offer, got {other:?}"))),
+        },
+        Plain::Chunk { .. } => Err(Error::protocol("file data before the offer")),
+    }
+}
+
+fn offer_entries(m: &Manifest, sanitised: &[Vec<String>]) -> Vec<OfferEntry> {
+    m.entries
+        .iter()
+        .zip(sanitised)
+        .map(|(e, comps)| OfferEntry {
+            path: comps.join("/"),
+            size: e.size(),
+            dir: matches!(e, Entry::Dir { .. }),
+        })
+        .collect()
+}
+
+async fn tell_sender(ch: &mut Channel, e: &Error) {
+    let m = ReceiverMsg::Error {
+        kind: e.code().to_owned(),
+        message: e.to_string(),
+    };
+    let _ = ch.tx.send_control(&m.encode()).await;
+    ch.tx.close().await;
+}
+
+pub(crate) async fn receive(
+    ctx: Ctx,
+    code: String,
+    opts: ReceiveOptions,
+    cancel: CancellationToken,
+    reply: oneshot::Sender<Result<IncomingOffer>>,
+) {
+    let mut reply = Some(reply);
+    let first = receive_first(&ctx, &code, &opts, &cancel, &mut reply).await;
+    let (id, outcome) = match first {
+        Ok((id, _, Ok(files))) => {
+            let o = done(&ctx, &id, files).await;
+            (id, o)
+        }
+        Ok((id, true, Err(e))) if e.is_resumable() && !cancel.is_cancelled() => {
+            ctx.events.error(Some(&id), &e);
+            set_state(&ctx.store, &ctx, &id, "interrupted", Some(&e)).await;
+            let o = reconnect_loop(&ctx, &id, opts.reconnect_for, &cancel).await;
+            (id, o)
+        }
+        Ok((id, _, Err(e))) => {
+            let o = fail(&ctx, &id, e).await;
+            (id, o)
+        }
+        Err(e) => {
+            match reply.take() {
+                Some(r) => {
+                    let _ = r.send(Err(e));
+                }
+                None => ctx.events.error(None, &e),
+            }
+            return;
+        }
+    };
+    ctx.finished(&id, outcome).await;
+}
+
+/// The first session: code, offer, decision, layout. Errors before the transfer exists
+/// are `Err`; later ones are returned with the id so they can be resumed or reported.
+async fn receive_first(
+    ctx: &Ctx,
+    code: &str,
+    opts: &ReceiveOptions,
+    cancel: &CancellationToken,
+    reply: &mut Option<oneshot::Sender<Result<IncomingOffer>>>,
+) -> Result<(String, bool, Result<Vec<crate::events::DoneFile>>)> {
+    let code = ShareCode::parse(code).map_err(|e| Error::BadCode {
+        reason: e.to_string(),
+    })?;
+    let conn = tokio::time::timeout(session::HANDSHAKE_TIMEOUT, tcp::dial(&opts.connect))
+        .await
+        .map_err(|_| Error::Timeout {
+            what: "connecting to the sender",
+        })??;
+    let (mut ch, secret) = session::dial_pake(conn, &code).await?;
+    let (id, sender, manifest) = read_offer(&mut ch).await?;
+    let sanitised = match recv::check_offer(&id, &manifest) {
+        Ok(s) => s,
+        Err(e) => {
+            tell_sender(&mut ch, &e).await;
+            return Err(e);
+        }
+    };
+    let entries = offer_entries(&manifest, &sanitised);
+    let info = IncomingOffer {
+        id: id.clone(),
+        sender: sender.clone(),
+        files: manifest.file_count(),
+        dirs: manifest.entries.len() - manifest.file_count(),
+        total: manifest.total_bytes().unwrap_or(0),
+        entries: entries.clone(),
+    };
+    ctx.events.emit(Event::Offer {
+        transfer: id.clone(),
+        sender: sender.clone(),
+        files: info.files,
+        dirs: info.dirs,
+        total: info.total,
+        entries,
+    });
+    let (dtx, drx) = oneshot::channel();
+    let _ = ctx
+        .internal
+        .send(Command::Offered {
+            id: id.clone(),
+            cancel: cancel.clone(),
+            decision: dtx,
+        })
+        .await;
+    if let Some(r) = reply.take() {
+        let _ = r.send(Ok(info));
+    }
+    let decision = if opts.auto_accept {
+        Decision::Accept {
+            dir: opts.dir.clone(),
+        }
+    } else {
+        tokio::select! {
+            biased;
+            () = cancel.cancelled() => Decision::Decline,
+            d = drx => d.unwrap_or(Decision::Decline),
+        }
+    };
+    let dir = match decision {
+        Decision::Decline => {
+            let _ = ch.tx.send_control(&ReceiverMsg::Decline.encode()).await;
+            ch.tx.close().await;
+            return Ok((id, false, Err(Error::Declined)));
+        }
+        Decision::Accept { dir } => dir
+            .or(opts.dir.clone())
+            .unwrap_or_else(|| ctx.config.download_dir.clone()),
+    };
+    // Lay out local names and record the transfer before saying yes.
+    let setup = {
+        let (store, id, manifest, dir, peer, path, data_dir) = (
+            ctx.store.clone(),
+            id.clone(),
+            manifest.clone(),
+            dir.clone(),
+            opts.connect.clone(),
+            ch.path.as_str().to_owned(),
+            ctx.config.data_dir.clone(),
+        );
+        blocking(move || {
+            let dest = DestDir::open(&dir)?;
+            recv::check_space(&dest, manifest.total_bytes().unwrap_or(0))?;
+            let layout = recv::plan(&manifest, &sanitised, &dest)?;
+            let lock = TransferLock::acquire(&data_dir, &id)?;
+            recv::create_dirs(&manifest, &layout, &dest)?;
+            let row = TransferRow {
+                id: id.clone(),
+                direction: Direction::Receive,
+                state: "transferring".into(),
+                peer_addr: peer,
+                resume_secret: Some(secret),
+                manifest: String::from_utf8_lossy(&manifest.encode()).into_owned(),
+                dest_dir: Some(dest.path().to_string_lossy().into_owned()),
+                peer_name: sender,
+                total_bytes: manifest.total_bytes().unwrap_or(0),
+                path_kind: Some(path),
+                error_kind: None,
+                error: None,
+                created: 0,
+                updated: 0,
+            };
+            store.insert_transfer(&row)?;
+            let files: Vec<(u32, String, String)> = manifest
+                .entries
+                .iter()
+                .zip(&layout)
+                .enumerate()
+                .filter(|(_, (e, _))| matches!(e, Entry::File { .. }))
+                .map(|(i, (_, l))| (i as u32, l.dir.join("/"), l.name.clone()))
+                .collect();
+            store.insert_recv_files(&id, &files)?;
+            Ok(lock)
+        })
+        .await
+    };
+    let lock = match setup {
+        Ok(l) => l,
+        Err(e) => {
+            tell_sender(&mut ch, &e).await;
+            return Ok((id, false, Err(e)));
+        }
+    };
+    let bits = manifest
+        .entries
+        .iter()
+        .map(|e| match e {
+            Entry::File { size, .. } => Some(vec![
+                false;
+                skiff_proto::manifest::chunk_count(*size, manifest.chunk_size)
+                    as usize
+            ]),
+            Entry::Dir { .. } => None,
+        })
+        .collect();
+    let holdings = Holdings {
+        have: Vec::new(),
+        bits,
+        held_bytes: 0,
+        unallocated: 0,
+    };
+    let result = run_session(ctx, &id, ch, manifest, dir, holdings, false, cancel).await;
+    drop(lock);
+    Ok((id, true, result))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_session(
+    ctx: &Ctx,
+    id: &str,
+    mut ch: Channel,
+    manifest: Manifest,
+    dest: std::path::PathBuf,
+    holdings: Holdings,
+    resumed: bool,
+    cancel: &CancellationToken,
+) -> Result<Vec<crate::events::DoneFile>> {
+    ch.tx
+        .send_control(
+            &ReceiverMsg::Accept {
+                have: holdings.have.clone(),
+            }
+            .encode(),
+        )
+        .await?;
+    ctx.events.emit(Event::Connected {
+        transfer: id.to_owned(),
+        path: ch.path.as_str().to_owned(),
+        remote: ch.remote.clone(),
+        resumed,
+    });
+    set_state(&ctx.store, ctx, id, "transferring", None).await;
+    let rctx = RecvCtx {
+        store: ctx.store.clone(),
+        id: id.to_owned(),
+        manifest,
+        dest,
+        events: ctx.events.clone(),
+        cancel: cancel.clone(),
+    };
+    recv::run(ch, rctx, holdings).await
+}
+
+async fn done(ctx: &Ctx, id: &str, files: Vec<crate::events::DoneFile>) -> Outcome {
+    set_state(&ctx.store, ctx, id, "completed", None).await;
+    let id2 = id.to_owned();
+    let path = ctx
+        .store
+        .call(move |s| Ok(s.transfer(&id2)?.and_then(|t| t.path_kind)))
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    ctx.events.emit(Event::Done {
+        transfer: id.to_owned(),
+        path: path.clone(),
+        files: files.clone(),
+    });
+    Outcome::Done { path, files }
+}
+
+/// One resumed session of a receiver: dial, authenticate with the stored secret, re-check
+/// what is on disk, send `Accept { have }`, receive the rest.
+async fn resume_once(
+    ctx: &Ctx,
+    row: &TransferRow,
+    cancel: &CancellationToken,
+) -> Result<Vec<crate::events::DoneFile>> {
+    let secret = row.resume_secret.ok_or_else(|| Error::InvalidInput {
+        reason: "this transfer never started".into(),
+    })?;
+    let conn = tokio::time::timeout(session::HANDSHAKE_TIMEOUT, tcp::dial(&row.peer_addr))
+        .await
+        .map_err(|_| Error::Timeout {
+            what: "connecting to the sender",
+        })??;
+    let mut ch = session::dial_resume(conn, &secret).await?;
+    let (tid, _sender, manifest) = read_offer(&mut ch).await?;
+    let stored =
+        Manifest::decode(row.manifest.as_bytes()).map_err(|e| Error::protocol(e.to_string()))?;
+    if tid != row.id || manifest != stored {
+        let e = Error::SourceChanged {
+            path: "the sender's offer".into(),
+        };
+        tell_sender(&mut ch, &e).await;
+        return Err(e);
+    }
+    let dest = std::path::PathBuf::from(row.dest_dir.clone().unwrap_or_default());
+    let holdings = {
+        let (store, id, m, dest) = (
+            ctx.store.clone(),
+            row.id.clone(),
+            manifest.clone(),
+            dest.clone(),
+        );
+        blocking(move || {
+            let d = DestDir::open(&dest)?;
+            let h = recv::load_holdings(&store, &id, &m, &d)?;
+            recv::check_space(&d, h.unallocated)?;
+            Ok(h)
+        })
+        .await
+    };
+    let holdings = match holdings {
+        Ok(h) => h,
+        Err(e) => {
+            tell_sender(&mut ch, &e).await;
+            return Err(e);
+        }
+    };
+    run_session(ctx, &row.id, ch, manifest, dest, holdings, true, cancel).await
+}
+
+/// Keeps resuming a receiver until it completes, fails for good, or `window` passes
+/// without a successful connection.
+async fn reconnect_loop(
+    ctx: &Ctx,
+    id: &str,
+    window: Duration,
+    cancel: &CancellationToken,
+) -> Outcome {
+    let lock = match TransferLock::acquire(&ctx.config.data_dir, id) {
+        Ok(l) => l,
+        Err(e) => return Outcome::failed(&e),
+    };
+    let mut deadline = Instant::now() + window;
+    let mut delay = Duration::from_millis(250);
+    let mut last: Option<Error> = None;
+    let outcome = loop {
+        if cancel.is_cancelled() {
+            break fail(ctx, id, Error::Cancelled).await;
+        }
+        let id2 = id.to_owned();
+        let row = match ctx.store.call(move |s| s.transfer(&id2)).await {
+            Ok(Some(r)) => r,
+            Ok(None) => break Outcome::failed(&Error::UnknownTransfer { id: id.to_owned() }),
+            Err(e) => break fail(ctx, id, e).await,
+        };
+        let attempt = tokio::select! {
+            biased;
+            () = cancel.cancelled() => Err(Error::Cancelled),
+            r = resume_once(ctx, &row, cancel) => r,
+        };
+        match attempt {
+            Ok(files) => break done(ctx, id, files).await,
+            Err(e)
+                if e.is_resumable()
+                    || matches!(e, Error::Io { .. } | Error::UnknownTransfer { .. }) =>
+            {
+                if matches!(e, Error::DiskFull { .. } | Error::NoSpace { .. }) {
+                    break fail(ctx, id, e).await;
+                }
+                tracing::info!("resume attempt failed: {e}");
+                if !matches!(
+                    e,
+                    Error::Io { .. } | Error::Timeout { .. } | Error::UnknownTransfer { .. }
+                ) {
+                    // We had a session: the sender is alive, restart the window.
+                    deadline = Instant::now() + window;
+                    delay = Duration::from_millis(250);
+                }
+                if Instant::now() >= deadline {
+                    break fail(ctx, id, last.take().unwrap_or(e)).await;
+                }
+                last = Some(e);
+                tokio::select! {
+                    biased;
+                    () = cancel.cancelled() => {}
+                    () = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => break fail(ctx, id, e).await,
+        }
+    };
+    drop(lock);
+    outcome
+}
+
+pub(crate) async fn resume(
+    ctx: Ctx,
+    id: String,
+    window: Duration,
+    cancel: CancellationToken,
+    reply: oneshot::Sender<Result<()>>,
+) {
+    let id2 = id.clone();
+    let row = match ctx.store.call(move |s| s.transfer(&id2)).await {
+        Ok(Some(r)) => r,
+        Ok(None) => {
+            let e = Error::UnknownTransfer { id: id.clone() };
+            ctx.finished(&id, Outcome::failed(&e)).await;
+            let _ = reply.send(Err(e));
+            return;
+        }
+        Err(e) => {
+            ctx.finished(&id, Outcome::failed(&e)).await;
+            let _ = reply.send(Err(e));
+            return;
+        }
+    };
+    if row.state == "completed" {
+        let e = Error::AlreadyFinished { id: id.clone() };
+        ctx.finished(&id, Outcome::failed(&e)).await;
+        let _ = reply.send(Err(e));
+        return;
+    }
+    match row.direction {
+        Direction::Send => {
+            if row.resume_secret.is_none() {
+                let e = Error::InvalidInput {
+                    reason:
+                        "no receiver ever connected to this transfer; send it again for a new code"
+                            .into(),
+                };
+                ctx.finished(&id, Outcome::failed(&e)).await;
+                let _ = reply.send(Err(e));
+                return;
+            }
+            let lock = match TransferLock::acquire(&ctx.config.data_dir, &id) {
+                Ok(l) => l,
+                Err(e) => {
+                    ctx.finished(&id, Outcome::failed(&e)).await;
+                    let _ = reply.send(Err(e));
+                    return;
+                }
+            };
+            let listener = match tcp::listen(&row.peer_addr).await {
+                Ok(l) => l,
+                Err(e) => {
+                    ctx.finished(&id, Outcome::failed(&e)).await;
+                    let _ = reply.send(Err(e));
+                    return;
+                }
+            };
+            let _ = reply.send(Ok(()));
+            set_state(&ctx.store, &ctx, &id, "interrupted", None).await;
+            let outcome = seed(&ctx, &id, listener, None, &cancel).await;
+            drop(lock);
+            ctx.finished(&id, outcome).await;
+        }
+        Direction::Receive => {
+            let _ = reply.send(Ok(()));
+            let outcome = reconnect_loop(&ctx, &id, window, &cancel).await;
+            ctx.finished(&id, outcome).await;
+        }
+    }
+}
+
+/// Rows for `list` (runs on the blocking pool).
+pub(crate) fn list(store: &Store) -> Result<Vec<TransferInfo>> {
+    let rows = store.transfers()?;
+    let mut out = Vec::with_capacity(rows.len());
+    for t in rows {
+        let manifest = Manifest::decode(t.manifest.as_bytes()).ok();
+        let files = manifest.as_ref().map(Manifest::file_count).unwrap_or(0);
+        let held = if t.direction == Direction::Receive {
+            let done: u64 = match &manifest {
+                Some(m) => {
+                    let rows = store.recv_files(&t.id)?;
+                    rows.iter()
+                        .filter(|r| r.done)
+                        .map(|r| m.entries.get(r.idx as usize).map(Entry::size).unwrap_or(0))
+                        .sum()
+                }
+                None => 0,
+            };
+            let chunk = manifest
+                .as_ref()
+                .map(|m| u64::from(m.chunk_size))
+                .unwrap_or(0);
+            Some((done + store.held_chunks(&t.id)? * chunk).min(t.total_bytes))
+        } else {
+            None
+        };
+        out.push(TransferInfo {
+            id: t.id,
+            direction: crate::node::direction_str(t.direction),
+            state: t.state,
+            peer: t.peer_addr,
+            peer_name: t.peer_name,
+            path: t.path_kind,
+            files,
+            total: t.total_bytes,
+            held,
+            dest: t.dest_dir,
+            error: t.error,
+            created: t.created,
+        });
+    }
+    Ok(out)
+}

@@ -1,0 +1,55 @@
+//! Transports: ordered, reliable message streams that carry frames between two peers.
+//!
+//! Owns: the `FrameSink`/`FrameStream` traits every path implements (direct TCP now, the
+//! in-memory pair for tests, WebRTC later) and the path label reported to users.
+//! Must not: look inside frames, buffer without bound, or accept a frame over `max`.
+
+pub mod mem;
+pub mod tcp;
+
+use async_trait::async_trait;
+
+use crate::Result;
+
+/// Sending half of a transport.
+#[async_trait]
+pub trait FrameSink: Send {
+    /// Sends one frame; waits while the transport is full (back-pressure).
+    async fn send(&mut self, frame: Vec<u8>) -> Result<()>;
+    /// Flushes and closes the sending direction.
+    async fn close(&mut self) -> Result<()>;
+}
+
+/// Receiving half of a transport.
+#[async_trait]
+pub trait FrameStream: Send {
+    /// The next frame, `None` on a clean close, an error for a frame over `max` bytes.
+    async fn recv(&mut self, max: usize) -> Result<Option<Vec<u8>>>;
+}
+
+/// How the bytes travel, as shown to users and in `--json` output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathKind {
+    Lan,
+    Direct,
+    Memory,
+}
+
+impl PathKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PathKind::Lan => "lan",
+            PathKind::Direct => "direct",
+            PathKind::Memory => "memory",
+        }
+    }
+}
+
+/// An established connection to a peer.
+pub struct Conn {
+    pub sink: Box<dyn FrameSink>,
+    pub stream: Box<dyn FrameStream>,
+    pub path: PathKind,
+    /// Human-readable remote address, for logs and `list`.
+    pub remote: String,
+}
