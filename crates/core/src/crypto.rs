@@ -282,13 +282,13 @@ mod tests {
 
     #[test]
     fn same_code_confirms_and_wrong_code_mismatches() {
-        let (s, r) = pair("river-olive-kayak", "river-olive-kayak");
+        let (s, r) = pair("river-olive-kitten", "river-olive-kitten");
         r.check_theirs(Role::Receiver, &s.confirm_mine(Role::Sender))
             .unwrap();
         s.check_theirs(Role::Sender, &r.confirm_mine(Role::Receiver))
             .unwrap();
         assert_eq!(s.resume, r.resume);
-        let (s, r) = pair("river-olive-kayak", "river-olive-kiwi");
+        let (s, r) = pair("river-olive-kitten", "river-olive-mango");
         assert!(matches!(
             r.check_theirs(Role::Receiver, &s.confirm_mine(Role::Sender)),
             Err(Error::CodeMismatch)

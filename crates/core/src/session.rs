@@ -307,7 +307,7 @@ mod tests {
 
     #[tokio::test]
     async fn wrong_code_is_a_mismatch_on_both_sides() {
-        let (s, r) = handshake("42-river-olive-kayak", "42-river-olive-kiwi").await;
+        let (s, r) = handshake("42-river-olive-kitten", "42-river-olive-mango").await;
         assert!(
             matches!(s, Err(Error::CodeMismatch)),
             "sender: {:?}",
@@ -322,7 +322,7 @@ mod tests {
 
     #[tokio::test]
     async fn right_code_gives_a_working_channel_and_shared_resume_secret() {
-        let (s, r) = handshake("42-river-olive-kayak", "42-river-olive-kayak").await;
+        let (s, r) = handshake("42-river-olive-kitten", "42-river-olive-kitten").await;
         let (mut s, ss) = s.unwrap();
         let (mut r, rs) = r.unwrap();
         assert_eq!(ss, rs);

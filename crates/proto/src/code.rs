@@ -51,7 +51,7 @@ impl ShareCode {
         rng.gen_range(1..1000u32).to_string()
     }
 
-    /// Parses `42-river-olive-kayak`, `42 River Olive Kayak`, `skiff://42-river-olive-kayak`,
+    /// Parses `42-river-olive-kitten`, `42 River Olive Kitten`, `skiff://42-river-olive-kitten`,
     /// or a chat message that contains one of these.
     pub fn parse(input: &str) -> Result<Self, ProtoError> {
         let text = input.trim();
@@ -69,7 +69,7 @@ impl ShareCode {
             .position(|t| t.chars().all(|c| c.is_ascii_digit()))
         else {
             return Err(bad(
-                "a code starts with a number, like 42-river-olive-kayak",
+                "a code starts with a number, like 42-river-olive-kitten",
             ));
         };
         let nameplate = tokens[start].clone();
@@ -77,7 +77,7 @@ impl ShareCode {
         let rest = &tokens[start + 1..];
         if rest.len() < WORDS {
             return Err(bad(
-                "a code is a number and three words, like 42-river-olive-kayak",
+                "a code is a number and three words, like 42-river-olive-kitten",
             ));
         }
         let list = wordlist();
@@ -146,16 +146,16 @@ mod tests {
 
     #[test]
     fn parse_is_forgiving_about_form() {
-        let want = ShareCode::parse("42-river-olive-kayak").unwrap();
+        let want = ShareCode::parse("42-river-olive-kitten").unwrap();
         for form in [
-            "42 river olive kayak",
-            "  42-River-Olive-Kayak\n",
-            "skiff://42-river-olive-kayak",
-            "here is the code: 42-river-olive-kayak, thanks",
+            "42 river olive kitten",
+            "  42-River-Olive-Kitten\n",
+            "skiff://42-river-olive-kitten",
+            "here is the code: 42-river-olive-kitten, thanks",
         ] {
             assert_eq!(ShareCode::parse(form).unwrap(), want, "{form}");
         }
-        assert_eq!(want.password(), "river-olive-kayak");
+        assert_eq!(want.password(), "river-olive-kitten");
         assert_eq!(want.nameplate(), "42");
     }
 
@@ -178,7 +178,7 @@ mod tests {
 
     #[test]
     fn debug_hides_the_words() {
-        let code = ShareCode::parse("42-river-olive-kayak").unwrap();
+        let code = ShareCode::parse("42-river-olive-kitten").unwrap();
         assert!(!format!("{code:?}").contains("river"));
     }
 
