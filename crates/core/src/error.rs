@@ -48,6 +48,8 @@ pub enum Error {
     Declined,
     #[error("the transfer was cancelled")]
     Cancelled,
+    #[error("stopped; the transfer can be resumed")]
+    Interrupted,
     #[error("no transfer with id {id}")]
     UnknownTransfer { id: String },
     #[error("the transfer {id} is already finished")]
@@ -96,6 +98,7 @@ impl Error {
             Error::Remote { .. } => "remote",
             Error::Declined => "declined",
             Error::Cancelled => "cancelled",
+            Error::Interrupted => "interrupted",
             Error::UnknownTransfer { .. } => "unknown_transfer",
             Error::AlreadyFinished { .. } => "already_finished",
             Error::ConnectionClosed => "connection_closed",
@@ -115,6 +118,7 @@ impl Error {
         matches!(
             self,
             Error::ConnectionClosed
+                | Error::Interrupted
                 | Error::Timeout { .. }
                 | Error::DiskFull { .. }
                 | Error::Verification { .. }

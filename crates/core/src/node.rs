@@ -159,6 +159,9 @@ pub(crate) struct Ctx {
     pub config: Config,
     pub events: Events,
     pub internal: mpsc::Sender<Command>,
+    /// The node's root token: cancelled only when the whole node shuts down, which
+    /// interrupts transfers (resumable) instead of cancelling them.
+    pub shutdown: CancellationToken,
 }
 
 impl Ctx {
@@ -208,6 +211,7 @@ impl Node {
             config,
             events: events.clone(),
             internal: cmds.clone(),
+            shutdown: cancel.clone(),
         };
         let actor = Actor {
             inbox,

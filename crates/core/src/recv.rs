@@ -292,6 +292,8 @@ pub struct RecvCtx {
     pub dest: std::path::PathBuf,
     pub events: Events,
     pub cancel: CancellationToken,
+    /// Node shutdown: disconnect without cancelling the transfer.
+    pub shutdown: CancellationToken,
 }
 
 enum Work {
@@ -347,6 +349,7 @@ pub async fn run(mut ch: Channel, ctx: RecvCtx, holdings: Holdings) -> Result<Ve
         dest,
         events,
         cancel,
+        shutdown,
     } = ctx;
     let total = manifest.total_bytes().unwrap_or(0);
     let rows = store
@@ -396,6 +399,9 @@ pub async fn run(mut ch: Channel, ctx: RecvCtx, holdings: Holdings) -> Result<Ve
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => {
+                    if shutdown.is_cancelled() {
+                        return Err(Error::Interrupted);
+                    }
                     let _ = tx.send_control(&ReceiverMsg::Cancel.encode()).await;
                     return Err(Error::Cancelled);
                 }
@@ -489,7 +495,7 @@ pub async fn run(mut ch: Channel, ctx: RecvCtx, holdings: Holdings) -> Result<Ve
             Ok(done_files)
         }
         Err(e) => {
-            if !matches!(e, Error::ConnectionClosed | Error::Cancelled) {
+            if !matches!(e, Error::ConnectionClosed | Error::Cancelled | Error::Interrupted) {
                 let m = ReceiverMsg::Error {
                     kind: e.code().to_owned(),
                     message: e.to_string(),

@@ -36,6 +36,19 @@ pub struct SendCtx {
     pub device_name: String,
     pub events: Events,
     pub cancel: CancellationToken,
+    /// Node shutdown: disconnect without cancelling the transfer.
+    pub shutdown: CancellationToken,
+}
+
+impl SendCtx {
+    /// Why the token fired: the user cancelled, or the node is shutting down.
+    fn stopped(&self) -> Error {
+        if self.shutdown.is_cancelled() {
+            Error::Interrupted
+        } else {
+            Error::Cancelled
+        }
+    }
 }
 
 /// A frame ready to seal, and how many credit bytes it costs.
@@ -59,7 +72,7 @@ pub async fn serve(ch: Channel, ctx: &SendCtx) -> Result<()> {
     if let Err(e) = &result {
         let msg = match e {
             Error::Cancelled => Some(SenderMsg::Cancel),
-            Error::ConnectionClosed | Error::Remote { .. } | Error::Declined => None,
+            Error::ConnectionClosed | Error::Remote { .. } | Error::Declined | Error::Interrupted => None,
             other => Some(SenderMsg::Error {
                 kind: other.code().to_owned(),
                 message: other.to_string(),
@@ -97,7 +110,7 @@ async fn serve_inner(
     tx.send_control(&offer.encode()).await?;
     let have = tokio::select! {
         biased;
-        () = ctx.cancel.cancelled() => return Err(Error::Cancelled),
+        () = ctx.cancel.cancelled() => return Err(ctx.stopped()),
         msg = next_msg(frames) => match msg? {
             ReceiverMsg::Accept { have } => have,
             ReceiverMsg::Decline => return Err(Error::Declined),
@@ -148,7 +161,7 @@ async fn serve_inner(
         }
         tokio::select! {
             biased;
-            () = ctx.cancel.cancelled() => break Err(Error::Cancelled),
+            () = ctx.cancel.cancelled() => break Err(ctx.stopped()),
             msg = next_msg(frames) => match msg? {
                 ReceiverMsg::Credit { bytes } => credit = credit.saturating_add(bytes).min(1 << 30),
                 ReceiverMsg::Retry { file, index } => {

@@ -35,8 +35,10 @@ use crate::{Error, Result};
 /// Waiting for the sender's offer after the handshake.
 const OFFER_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// States a transfer can be resumed from ("waiting" senders never met a receiver: their
+/// code is gone with the process, so they cannot).
 pub(crate) fn is_resumable_state(state: &str) -> bool {
-    matches!(state, "transferring" | "interrupted" | "waiting")
+    matches!(state, "transferring" | "interrupted")
 }
 
 async fn blocking<R: Send + 'static>(f: impl FnOnce() -> Result<R> + Send + 'static) -> Result<R> {
@@ -175,6 +177,7 @@ async fn send_ctx(ctx: &Ctx, id: &str, cancel: &CancellationToken) -> Result<Sen
         device_name: ctx.config.device_name.clone(),
         events: ctx.events.clone(),
         cancel: cancel.clone(),
+        shutdown: ctx.shutdown.clone(),
     })
 }
 
@@ -342,6 +345,7 @@ async fn with_sender_digests(
 }
 
 async fn fail(ctx: &Ctx, id: &str, e: Error) -> Outcome {
+    let e = if matches!(e, Error::Cancelled) && ctx.shutdown.is_cancelled() { Error::Interrupted } else { e };
     let state = match e {
         Error::Cancelled => "cancelled",
         Error::Declined => "declined",
@@ -623,6 +627,7 @@ async fn run_session(
         dest,
         events: ctx.events.clone(),
         cancel: cancel.clone(),
+        shutdown: ctx.shutdown.clone(),
     };
     recv::run(ch, rctx, holdings).await
 }
