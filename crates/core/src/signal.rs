@@ -615,18 +615,21 @@ impl Actor {
                 answer(pending, Ok(Reply::Pong(rtt)));
             }
             ServerMsg::Error { code, message } => {
-                let for_request = match (front, code) {
-                    (Some(Request::Allocate), ErrorCode::TooManyNameplates) => true,
-                    (
-                        Some(Request::Claim(_)),
-                        ErrorCode::NameplateUnavailable
-                        | ErrorCode::TooManyAttempts
-                        | ErrorCode::TooManyNameplates,
-                    ) => true,
-                    (Some(Request::Release(_)), ErrorCode::NotInNameplate) => true,
-                    (Some(Request::RefreshIce), ErrorCode::NoTurn | ErrorCode::RateLimited) => true,
-                    _ => false,
-                };
+                let for_request = matches!(
+                    (front, code),
+                    (Some(Request::Allocate), ErrorCode::TooManyNameplates)
+                        | (
+                            Some(Request::Claim(_)),
+                            ErrorCode::NameplateUnavailable
+                                | ErrorCode::TooManyAttempts
+                                | ErrorCode::TooManyNameplates,
+                        )
+                        | (Some(Request::Release(_)), ErrorCode::NotInNameplate)
+                        | (
+                            Some(Request::RefreshIce),
+                            ErrorCode::NoTurn | ErrorCode::RateLimited
+                        )
+                );
                 if !for_request {
                     return Some(SignalEvent::ServerError { code, message });
                 }

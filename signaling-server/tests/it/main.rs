@@ -1,5 +1,6 @@
 //! Integration tests of `skiff-signal` with real WebSocket clients over loopback.
 
+mod client;
 mod limits;
 mod nameplates;
 mod ops;
