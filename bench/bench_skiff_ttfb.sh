@@ -9,13 +9,14 @@
 #   rcv_first_event_s  receiver start -> its first JSON line of any kind
 #   ttfb_s   receiver start -> first "progress" event with bytes > 0   (the target: <= 1 s)
 #   e2e_first_s  sender start -> that same progress event
+#   connected_to_first_s  receiver's "connected" event (if it prints one) -> that progress event
 set -euo pipefail
 source "$(dirname "$0")/common.sh"; in_netns "$@"
 [ -x "$SKIFF" ] || { echo "skiff binary not found: $SKIFF (set SKIFF=...)" >&2; exit 1; }
 G=${1:-10}; F=$DATA/sparse${G}g.bin
 [ "$(stat -c%s "$F" 2>/dev/null)" = $(( G << 30 )) ] || { rm -f "$F"; truncate -s "${G}G" "$F"; }
 R=$W/run/skiff-ttfb; rm -rf "$R/$G-"*; mkdir -p "$R"
-CSV=$RES/ttfb.csv; [ -f "$CSV" ] || echo "tool,size_gib,run,load1,code_s,rcv_first_event_s,ttfb_s,e2e_first_s,first_bytes,note" > "$CSV"
+CSV=$RES/ttfb.csv; [ -f "$CSV" ] || echo "tool,size_gib,run,load1,code_s,rcv_first_event_s,ttfb_s,e2e_first_s,first_bytes,note,connected_to_first_s" > "$CSV"
 stamp() { local l; while IFS= read -r l; do printf '%s %s\n' "$EPOCHREALTIME" "$l"; done; }
 stop() { # stop PID: TERM, then KILL after 5 s
   kill -TERM "$1" 2>/dev/null || return 0
@@ -54,12 +55,14 @@ def lines(f):
 code = next((ts for ts, o in lines(snd) if isinstance(o, dict) and o.get("event") == "code"), None)
 rl = list(lines(rcv))
 first_ev = rl[0][0] if rl else None
+conn = next((ts for ts, o in rl if isinstance(o, dict) and o.get("event") == "connected"), None)
 fb = next(((ts, o) for ts, o in rl if isinstance(o, dict) and o.get("event") == "progress"
            and (o.get("bytes") or 0) > 0), None)
 f = lambda x: f"{x:.3f}" if x is not None else "-"
 print(",".join(["skiff", g, r, load, f(code - t0 if code else None), f(first_ev - t1 if first_ev else None),
                 f(fb[0] - t1 if fb else None), f(fb[0] - t0 if fb else None),
-                str(fb[1].get("bytes")) if fb else "-", note.replace(",", ";")]))
+                str(fb[1].get("bytes")) if fb else "-", note.replace(",", ";"),
+                f(fb[0] - conn if fb and conn else None)]))
 PY
   tail -1 "$CSV"
   rm -rf "$d/out" "$d/ds" "$d/dr"

@@ -102,11 +102,11 @@ tt_ok = [float(r["ttfb_s"]) for r in tt if r["ttfb_s"] not in ("-", "")]
 if tt:
     print(f"### Time to first byte, {TG} GiB sparse file (`truncate -s {TG}G`)\n")
     print("| run | load1 | sender start -> code (s) | receiver start -> first JSON line (s) "
-          "| receiver start -> first progress bytes>0 (s) | sender start -> that (s) | bytes | note |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| receiver start -> first progress bytes>0 (s) | receiver `connected` -> that (s) | sender start -> that (s) | bytes | note |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in tt:
         print(f"| {r['run']} | {r['load1']} | {r['code_s']} | {r['rcv_first_event_s']} | **{r['ttfb_s']}** "
-              f"| {r['e2e_first_s']} | {r['first_bytes']} | {r['note']} |")
+              f"| {r.get('connected_to_first_s') or '-'} | {r['e2e_first_s']} | {r['first_bytes']} | {r['note']} |")
     print()
 
 sk, sm, wh, big = G[("skiff", "direct", SIZE)], G[("sendme", "relay-disabled", SIZE)], \

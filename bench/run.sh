@@ -21,7 +21,7 @@ LOGS=$RES/logs; mkdir -p "$LOGS"
 LOAD0=$(load1)
 { echo "date $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
   echo "command ${RUN_CMD:-REPS=$N SIZE_MIB=$SIZE BIG_MIB=$BIG TTFB_GIB=$TG WORKDIR=$W bench/run.sh}"
-  echo "skiff $("$SKIFF" --version 2>/dev/null | awk '{print $NF}' | grep . || echo '?') ($SKIFF, git $(git -C "$SKIFF_BENCH" rev-parse --short HEAD 2>/dev/null || echo none)$(git -C "$SKIFF_BENCH" status --porcelain -- ../crates 2>/dev/null | grep -q . && echo ', crates dirty' || true))"
+  echo "skiff $("$SKIFF" --version 2>/dev/null | awk '{print $NF}' | grep . || echo '?') ($SKIFF built $(date -u -r "$SKIFF" '+%F %H:%M UTC'), sha256 $(sha256sum < "$SKIFF" | cut -c1-12); repo HEAD $(git -C "$SKIFF_BENCH" rev-parse --short HEAD 2>/dev/null || echo none)$(git -C "$SKIFF_BENCH/.." status --porcelain -- crates Cargo.toml Cargo.lock 2>/dev/null | grep -q . && echo ', crates/ has uncommitted changes' || true))"
   echo "magic-wormhole $("$WH/wormhole" --version | awk '{print $2}') (mailbox-server $("$WH/pip" show magic-wormhole-mailbox-server | awk '/^Version/{print $2}'), transit-relay $("$WH/pip" show magic-wormhole-transit-relay | awk '/^Version/{print $2}'))"
   echo "sendme $("$SENDME" --version 2>/dev/null | awk '{print $2}' | grep . || echo '?')"
   echo "iperf3 $(iperf3 --version 2>/dev/null | awk 'NR==1{print $2}')"
