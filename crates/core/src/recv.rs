@@ -377,15 +377,22 @@ pub async fn run(mut ch: Channel, ctx: RecvCtx, holdings: Holdings) -> Result<Ve
 
     let (work_tx, work_rx) = mpsc::channel::<Work>(8);
     let (rep_tx, mut rep_rx) = mpsc::unbounded_channel::<Report>();
-    let writer = Writer::new(
-        store.clone(),
-        id.clone(),
-        &manifest,
-        &rows,
-        holdings.bits,
-        DestDir::open(&dest)?,
-    );
-    let writer_task = tokio::task::spawn_blocking(move || writer.run(work_rx, rep_tx));
+    let writer_task = {
+        let (store, id, manifest, bits) =
+            (store.clone(), id.clone(), manifest.clone(), holdings.bits);
+        tokio::task::spawn_blocking(move || {
+            let writer = match DestDir::open(&dest)
+                .and_then(|d| Writer::new(store, id, &manifest, &rows, bits, d))
+            {
+                Ok(w) => w,
+                Err(e) => {
+                    let _ = rep_tx.send(Report::Failed(clone_err(&e)));
+                    return Err(e);
+                }
+            };
+            writer.run(work_rx, rep_tx)
+        })
+    };
 
     let Channel { mut tx, rx, .. } = ch;
     let (frames, reader) = spawn_reader(rx);
@@ -429,7 +436,7 @@ pub async fn run(mut ch: Channel, ctx: RecvCtx, holdings: Holdings) -> Result<Ve
                         outstanding += len;
                     }
                     Some(Report::FileDone { file, path, sha256 }) => {
-                        tx.send_control(&ReceiverMsg::FileOk { file }.encode()).await?;
+                        tx.send_control(&ReceiverMsg::FileOk { file, sha256: sha256.clone() }.encode()).await?;
                         events.emit(Event::FileDone { transfer: id.clone(), path: path.clone(), sha256: sha256.clone() });
                         done_files.push(DoneFile { path, sha256 });
                         if done_files.len() == files_total {
@@ -454,6 +461,7 @@ pub async fn run(mut ch: Channel, ctx: RecvCtx, holdings: Holdings) -> Result<Ve
                             }
                             SenderMsg::Error { kind, message } => return Err(remote_error(kind, message)),
                             SenderMsg::Cancel => return Err(Error::Cancelled),
+                            SenderMsg::Ping => {}
                             other => return Err(Error::protocol(format!("unexpected message {other:?}"))),
                         },
                         Plain::Chunk { header, data } => {
@@ -495,7 +503,10 @@ pub async fn run(mut ch: Channel, ctx: RecvCtx, holdings: Holdings) -> Result<Ve
             Ok(done_files)
         }
         Err(e) => {
-            if !matches!(e, Error::ConnectionClosed | Error::Cancelled | Error::Interrupted) {
+            if !matches!(
+                e,
+                Error::ConnectionClosed | Error::Cancelled | Error::Interrupted
+            ) {
                 let m = ReceiverMsg::Error {
                     kind: e.code().to_owned(),
                     message: e.to_string(),
@@ -548,8 +559,12 @@ struct WFile {
     name: String,
     mode: u32,
     mtime: i64,
+    /// SHA-256 of each chunk as verified on arrival (zero = not held).
+    digests: Vec<[u8; 32]>,
+    /// Streaming SHA-256 of the content, over chunks `0..hashed`.
     hasher: Sha256,
     hashed: u64,
+    /// The sender's chunk-list root, once `FileEnd` arrived.
     end: Option<[u8; 32]>,
     done: bool,
 }
@@ -576,45 +591,53 @@ impl Writer {
         rows: &[RecvFileRow],
         bits: Vec<Option<Vec<bool>>>,
         dest: DestDir,
-    ) -> Self {
+    ) -> Result<Self> {
         let by_idx: HashMap<u32, &RecvFileRow> = rows.iter().map(|r| (r.idx, r)).collect();
-        let files = m
-            .entries
-            .iter()
-            .enumerate()
-            .map(|(i, e)| {
-                let Entry::File {
+        let mut files = Vec::with_capacity(m.entries.len());
+        for (i, e) in m.entries.iter().enumerate() {
+            let (
+                Entry::File {
                     size, mode, mtime, ..
-                } = e
-                else {
-                    return None;
-                };
-                let row = by_idx.get(&(i as u32))?;
-                let chunks = chunk_count(*size, m.chunk_size);
-                let have = bits
-                    .get(i)
-                    .cloned()
-                    .flatten()
-                    .unwrap_or_else(|| vec![false; chunks as usize]);
-                let have_count = have.iter().filter(|b| **b).count() as u64;
-                Some(WFile {
-                    size: *size,
-                    chunks,
-                    have,
-                    have_count,
-                    part: None,
-                    dir: split_dir(&row.local_dir),
-                    name: row.local_name.clone(),
-                    mode: *mode,
-                    mtime: *mtime,
-                    hasher: Sha256::new(),
-                    hashed: 0,
-                    end: None,
-                    done: row.done,
-                })
-            })
-            .collect();
-        Self {
+                },
+                Some(row),
+            ) = (e, by_idx.get(&(i as u32)))
+            else {
+                files.push(None);
+                continue;
+            };
+            let chunks = chunk_count(*size, m.chunk_size);
+            let have = bits
+                .get(i)
+                .cloned()
+                .flatten()
+                .unwrap_or_else(|| vec![false; chunks as usize]);
+            let have_count = have.iter().filter(|b| **b).count() as u64;
+            let mut digests = vec![[0u8; 32]; if row.done { 0 } else { chunks as usize }];
+            if !row.done && have_count > 0 {
+                for (ci, d) in store.chunks(&id, i as u32)? {
+                    if let Some(slot) = digests.get_mut(ci as usize) {
+                        *slot = d;
+                    }
+                }
+            }
+            files.push(Some(WFile {
+                size: *size,
+                chunks,
+                have,
+                have_count,
+                part: None,
+                dir: split_dir(&row.local_dir),
+                name: row.local_name.clone(),
+                mode: *mode,
+                mtime: *mtime,
+                digests,
+                hasher: Sha256::new(),
+                hashed: 0,
+                end: None,
+                done: row.done,
+            }));
+        }
+        Ok(Self {
             store,
             id,
             dest,
@@ -625,7 +648,7 @@ impl Writer {
             dirty: HashSet::new(),
             last_sync: Instant::now(),
             scratch: vec![0u8; m.chunk_size as usize],
-        }
+        })
     }
 
     fn run(
@@ -674,18 +697,24 @@ impl Writer {
                 let part = self.part(file)?;
                 part.write_all_at(data, index * cs)
                     .map_err(|e| Error::io("writing a chunk", e))?;
+                let behind = self
+                    .files
+                    .get(file as usize)
+                    .and_then(Option::as_ref)
+                    .is_some_and(|f| index > f.hashed);
+                if behind {
+                    self.advance_hash(file, reports)?;
+                }
                 let Some(f) = self.files.get_mut(file as usize).and_then(Option::as_mut) else {
                     return Err(Error::protocol("chunk for an unknown file"));
                 };
-                if index > f.hashed {
-                    advance_hash(f, cs, &mut self.scratch)?;
-                }
                 if index == f.hashed {
                     f.hasher.update(data);
                     f.hashed += 1;
                 }
                 f.have[index as usize] = true;
                 f.have_count += 1;
+                f.digests[index as usize] = sha;
                 self.pending.push((file, index, sha));
                 self.pending_bytes += len;
                 self.dirty.insert(file);
@@ -742,6 +771,52 @@ impl Writer {
         Ok(())
     }
 
+    /// Hashes, from disk, the held chunks that follow the hash cursor, re-checking each
+    /// against its digest from arrival. A chunk that no longer matches is dropped from the
+    /// checkpoint and asked for again.
+    fn advance_hash(&mut self, file: u32, reports: &mpsc::UnboundedSender<Report>) -> Result<()> {
+        let cs = u64::from(self.chunk_size);
+        let Writer {
+            files,
+            scratch,
+            store,
+            id,
+            pending,
+            ..
+        } = self;
+        let Some(f) = files.get_mut(file as usize).and_then(Option::as_mut) else {
+            return Ok(());
+        };
+        while f.hashed < f.chunks && f.have[f.hashed as usize] {
+            let Some(part) = f.part.as_ref() else { break };
+            let idx = f.hashed;
+            let len = chunk_len(f.size, cs as u32, idx).unwrap_or(0) as usize;
+            let buf = &mut scratch[..len];
+            part.read_exact_at(buf, idx * cs)
+                .map_err(|e| Error::io("reading back a part file", e))?;
+            if Sha256::digest(&*buf).as_slice() != f.digests[idx as usize] {
+                tracing::warn!(
+                    "chunk {idx} of {} changed on disk; fetching it again",
+                    f.name
+                );
+                f.have[idx as usize] = false;
+                f.have_count -= 1;
+                f.digests[idx as usize] = [0; 32];
+                pending.retain(|(pf, pi, _)| !(*pf == file && *pi == idx));
+                store.drop_chunks(id, file, &[idx])?;
+                let _ = reports.send(Report::Bad {
+                    file,
+                    index: idx,
+                    len: len as u64,
+                });
+                break;
+            }
+            f.hasher.update(&*buf);
+            f.hashed += 1;
+        }
+        Ok(())
+    }
+
     fn maybe_finish(&mut self, file: u32, reports: &mpsc::UnboundedSender<Report>) -> Result<()> {
         let ready = matches!(self.files.get(file as usize), Some(Some(f)) if !f.done && f.end.is_some() && f.have_count == f.chunks);
         if !ready {
@@ -756,25 +831,34 @@ impl Writer {
         {
             self.part(file)?; // empty file: create it now
         }
-        let cs = u64::from(self.chunk_size);
+        self.advance_hash(file, reports)?;
         let Some(f) = self.files.get_mut(file as usize).and_then(Option::as_mut) else {
             return Ok(());
         };
-        advance_hash(f, cs, &mut self.scratch)?;
-        let digest: [u8; 32] = std::mem::take(&mut f.hasher).finalize().into();
+        if f.hashed < f.chunks {
+            return Ok(()); // a chunk on disk no longer matched; it is being fetched again
+        }
         let rel = if f.dir.is_empty() {
             f.name.clone()
         } else {
             format!("{}/{}", f.dir.join("/"), f.name)
         };
-        if Some(digest) != f.end {
-            // Something on disk is not what was verified: fetch the whole file again.
+        let mut root = Sha256::new();
+        for d in &f.digests {
+            root.update(d);
+        }
+        let root: [u8; 32] = root.finalize().into();
+        if Some(root) != f.end {
+            // The chunks we verified are not the sender's list: fetch the whole file again.
             f.have.iter_mut().for_each(|b| *b = false);
+            f.digests.iter_mut().for_each(|d| *d = [0; 32]);
             f.have_count = 0;
             f.hashed = 0;
+            f.hasher = Sha256::new();
             self.store.clear_chunks(&self.id, file)?;
             return Err(Error::Verification { path: rel });
         }
+        let digest: [u8; 32] = std::mem::take(&mut f.hasher).finalize().into();
         let Some(part) = f.part.take() else {
             return Ok(());
         };
@@ -805,20 +889,6 @@ impl Writer {
         let _ = reports.send(Report::FileDone { file, path, sha256 });
         Ok(())
     }
-}
-
-/// Hashes, from disk, the held chunks that follow the hash cursor.
-fn advance_hash(f: &mut WFile, cs: u64, scratch: &mut [u8]) -> Result<()> {
-    while f.hashed < f.chunks && f.have[f.hashed as usize] {
-        let Some(part) = f.part.as_ref() else { break };
-        let len = chunk_len(f.size, cs as u32, f.hashed).unwrap_or(0) as usize;
-        let buf = &mut scratch[..len];
-        part.read_exact_at(buf, f.hashed * cs)
-            .map_err(|e| Error::io("reading back a part file", e))?;
-        f.hasher.update(&*buf);
-        f.hashed += 1;
-    }
-    Ok(())
 }
 
 fn clone_err(e: &Error) -> Error {

@@ -23,6 +23,11 @@ use crate::store::{SendFileRow, Store};
 use crate::walk::SourceId;
 use crate::{Error, Result};
 
+/// How often the reader says it is alive while it sends nothing.
+const PING_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+/// Waiting this long for credit means the receiver is gone.
+const CREDIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Most extra sends of one chunk the receiver may ask for.
 const MAX_RESENDS: u32 = 4;
 
@@ -72,7 +77,10 @@ pub async fn serve(ch: Channel, ctx: &SendCtx) -> Result<()> {
     if let Err(e) = &result {
         let msg = match e {
             Error::Cancelled => Some(SenderMsg::Cancel),
-            Error::ConnectionClosed | Error::Remote { .. } | Error::Declined | Error::Interrupted => None,
+            Error::ConnectionClosed
+            | Error::Remote { .. }
+            | Error::Declined
+            | Error::Interrupted => None,
             other => Some(SenderMsg::Error {
                 kind: other.code().to_owned(),
                 message: other.to_string(),
@@ -95,6 +103,21 @@ async fn next_msg(frames: &mut mpsc::Receiver<Result<Vec<u8>>>) -> Result<Receiv
         }
         Plain::Chunk { .. } => Err(Error::protocol("the receiver sent file data")),
     }
+}
+
+/// [`next_msg`], but a silent receiver that owes credit for `CREDIT_TIMEOUT` is gone.
+async fn next_msg_within(
+    frames: &mut mpsc::Receiver<Result<Vec<u8>>>,
+    waiting: bool,
+) -> Result<ReceiverMsg> {
+    if !waiting {
+        return next_msg(frames).await;
+    }
+    tokio::time::timeout(CREDIT_TIMEOUT, next_msg(frames))
+        .await
+        .map_err(|_| Error::Timeout {
+            what: "waiting for the receiver",
+        })?
 }
 
 async fn serve_inner(
@@ -159,10 +182,12 @@ async fn serve_inner(
             progress.add(out.cost, &ctx.events);
             continue;
         }
+        // Only a receiver that owes us credit is expected to speak.
+        let waiting_for_credit = pending.is_some() || !resends.is_empty();
         tokio::select! {
             biased;
             () = ctx.cancel.cancelled() => break Err(ctx.stopped()),
-            msg = next_msg(frames) => match msg? {
+            msg = next_msg_within(frames, waiting_for_credit) => match msg? {
                 ReceiverMsg::Credit { bytes } => credit = credit.saturating_add(bytes).min(1 << 30),
                 ReceiverMsg::Retry { file, index } => {
                     let n = resend_count.entry((file, index)).or_insert(0);
@@ -176,11 +201,17 @@ async fn serve_inner(
                         .map_err(|_| Error::protocol("read task failed"))??;
                     resends.push_back(out);
                 }
-                ReceiverMsg::FileOk { file } => {
-                    let (store, id) = (ctx.store.clone(), ctx.id.clone());
-                    let path = ctx.manifest.entries.get(file as usize).map(|e| e.path().to_owned()).unwrap_or_default();
-                    store.call(move |s| s.file_done(&id, file, None, None)).await?;
-                    ctx.events.emit(Event::FileDone { transfer: ctx.id.clone(), path, sha256: String::new() });
+                ReceiverMsg::FileOk { file, sha256 } => {
+                    let Some(entry) = ctx.manifest.entries.get(file as usize) else {
+                        break Err(Error::protocol(format!("the receiver confirmed unknown file {file}")));
+                    };
+                    if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        break Err(Error::protocol("malformed file digest"));
+                    }
+                    let path = entry.path().to_owned();
+                    let (store, id, sha) = (ctx.store.clone(), ctx.id.clone(), sha256.clone());
+                    store.call(move |s| s.file_done(&id, file, Some(&sha), None)).await?;
+                    ctx.events.emit(Event::FileDone { transfer: ctx.id.clone(), path, sha256 });
                 }
                 ReceiverMsg::Complete => break Ok(()),
                 ReceiverMsg::Error { kind, message } => break Err(crate::recv::remote_error(kind, message)),
@@ -323,6 +354,7 @@ fn read_files(
     let cs = u64::from(m.chunk_size);
     let data_at = COUNTER_LEN + 1 + CHUNK_HEADER_LEN;
     let mut scratch = vec![0u8; m.chunk_size as usize];
+    let mut last_ping = std::time::Instant::now();
     for fp in plan {
         let Some(Some(row)) = sources.get(fp.file as usize) else {
             return Err(Error::protocol("no source for a planned file"));
@@ -335,12 +367,29 @@ fn read_files(
         let file = open_source(row)?;
         let cached: HashMap<u64, [u8; 32]> = store.chunks(id, fp.file)?.into_iter().collect();
         let mut fresh = Vec::new();
-        let mut hasher = Sha256::new();
+        let n = fp.held.len() as u64;
+        let mut root = Sha256::new();
         for (index, held) in fp.held.iter().enumerate() {
             if cancel.is_cancelled() {
                 return Ok(());
             }
             let index = index as u64;
+            let cached_digest = cached.get(&index).copied();
+            // A held chunk is not read again unless its digest was never cached, or it is
+            // the first or last chunk (a cheap check that the source is unchanged).
+            if *held && index != 0 && index + 1 != n {
+                if let Some(d) = cached_digest {
+                    root.update(d);
+                    continue;
+                }
+            }
+            if *held && last_ping.elapsed() >= PING_EVERY {
+                // Reading what the receiver holds sends nothing: tell it we are alive.
+                last_ping = std::time::Instant::now();
+                if out.blocking_send(control_out(&SenderMsg::Ping)).is_err() {
+                    return Ok(());
+                }
+            }
             let len = chunk_len(size, m.chunk_size, index).unwrap_or(0) as usize;
             let mut frame = if *held {
                 Vec::new()
@@ -362,9 +411,8 @@ fn read_files(
                 }
             })?;
             let digest: [u8; 32] = Sha256::digest(&*data).into();
-            hasher.update(&*data);
-            match cached.get(&index) {
-                Some(c) if *c != digest => {
+            match cached_digest {
+                Some(c) if c != digest => {
                     return Err(Error::SourceChanged {
                         path: row.src_path.display().to_string(),
                     })
@@ -372,6 +420,7 @@ fn read_files(
                 Some(_) => {}
                 None => fresh.push((fp.file, index, digest)),
             }
+            root.update(digest);
             if fresh.len() >= 64 {
                 store.put_chunks(id, &fresh)?;
                 fresh.clear();
@@ -391,21 +440,24 @@ fn read_files(
         }
         store.put_chunks(id, &fresh)?;
         check_identity(&file, row)?;
-        let sha256 = hex::encode(hasher.finalize());
-        store.set_file_sha(id, fp.file, &sha256)?;
         let end = SenderMsg::FileEnd {
             file: fp.file,
-            sha256,
+            sha256: hex::encode(root.finalize()),
         };
-        let body = end.encode();
-        let mut frame = frame_buffer(1 + body.len());
-        frame.push(skiff_proto::frame::KIND_CONTROL);
-        frame.extend_from_slice(&body);
-        if out.blocking_send(Out { frame, cost: 0 }).is_err() {
+        if out.blocking_send(control_out(&end)).is_err() {
             return Ok(());
         }
     }
     Ok(())
+}
+
+/// A control message queued behind the chunks before it.
+fn control_out(msg: &SenderMsg) -> Out {
+    let body = msg.encode();
+    let mut frame = frame_buffer(1 + body.len());
+    frame.push(skiff_proto::frame::KIND_CONTROL);
+    frame.extend_from_slice(&body);
+    Out { frame, cost: 0 }
 }
 
 /// Reads one chunk again (after a bad-hash report).

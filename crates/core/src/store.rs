@@ -428,15 +428,6 @@ impl Store {
         Ok(())
     }
 
-    /// Records the digest a sender computed for a file.
-    pub fn set_file_sha(&self, id: &str, file: u32, sha256: &str) -> Result<()> {
-        self.lock().execute(
-            "UPDATE files SET sha256 = ?3 WHERE transfer = ?1 AND idx = ?2",
-            params![id, file, sha256],
-        )?;
-        Ok(())
-    }
-
     /// Bytes a receiver holds safely (finished files plus committed chunks), for `list`.
     pub fn held_chunks(&self, id: &str) -> Result<u64> {
         Ok(self.lock().query_row(

@@ -324,7 +324,7 @@ async fn with_sender_digests(
     mut files: Vec<crate::events::DoneFile>,
 ) -> Vec<crate::events::DoneFile> {
     let id2 = id.to_owned();
-    // The sender learns each digest when it computes FileEnd; they are in the file rows.
+    // The receiver reports each file's content digest in `FileOk`; they are in the file rows.
     if let Ok(rows) = store
         .call(move |s| {
             let conn = s.lock();
@@ -345,7 +345,11 @@ async fn with_sender_digests(
 }
 
 async fn fail(ctx: &Ctx, id: &str, e: Error) -> Outcome {
-    let e = if matches!(e, Error::Cancelled) && ctx.shutdown.is_cancelled() { Error::Interrupted } else { e };
+    let e = if matches!(e, Error::Cancelled) && ctx.shutdown.is_cancelled() {
+        Error::Interrupted
+    } else {
+        e
+    };
     let state = match e {
         Error::Cancelled => "cancelled",
         Error::Declined => "declined",
@@ -421,7 +425,7 @@ pub(crate) async fn receive(
         Ok((id, true, Err(e))) if e.is_resumable() && !cancel.is_cancelled() => {
             ctx.events.error(Some(&id), &e);
             set_state(&ctx.store, &ctx, &id, "interrupted", Some(&e)).await;
-            let o = reconnect_loop(&ctx, &id, opts.reconnect_for, &cancel).await;
+            let o = reconnect_loop(&ctx, &id, opts.reconnect_for, &cancel, Some(e)).await;
             (id, o)
         }
         Ok((id, _, Err(e))) => {
@@ -703,12 +707,15 @@ async fn resume_once(
 }
 
 /// Keeps resuming a receiver until it completes, fails for good, or `window` passes
-/// without a successful connection.
+/// without a successful connection. `cause` is the error that interrupted the last
+/// session: when the window closes, the outcome names it (why the transfer stopped),
+/// not the refused reconnects that followed.
 async fn reconnect_loop(
     ctx: &Ctx,
     id: &str,
     window: Duration,
     cancel: &CancellationToken,
+    mut cause: Option<Error>,
 ) -> Outcome {
     let lock = match TransferLock::acquire(&ctx.config.data_dir, id) {
         Ok(l) => l,
@@ -742,18 +749,23 @@ async fn reconnect_loop(
                     break fail(ctx, id, e).await;
                 }
                 tracing::info!("resume attempt failed: {e}");
-                if !matches!(
+                let had_session = !matches!(
                     e,
                     Error::Io { .. } | Error::Timeout { .. } | Error::UnknownTransfer { .. }
-                ) {
+                );
+                if had_session {
                     // We had a session: the sender is alive, restart the window.
                     deadline = Instant::now() + window;
                     delay = Duration::from_millis(250);
                 }
                 if Instant::now() >= deadline {
-                    break fail(ctx, id, last.take().unwrap_or(e)).await;
+                    break fail(ctx, id, cause.take().or(last.take()).unwrap_or(e)).await;
                 }
-                last = Some(e);
+                if had_session {
+                    cause = Some(e);
+                } else {
+                    last = Some(e);
+                }
                 tokio::select! {
                     biased;
                     () = cancel.cancelled() => {}
@@ -832,7 +844,7 @@ pub(crate) async fn resume(
         }
         Direction::Receive => {
             let _ = reply.send(Ok(()));
-            let outcome = reconnect_loop(&ctx, &id, window, &cancel).await;
+            let outcome = reconnect_loop(&ctx, &id, window, &cancel, None).await;
             ctx.finished(&id, outcome).await;
         }
     }

@@ -4,7 +4,7 @@
 //! - sender → `Offer` (transfer id + manifest); receiver → `Accept { have }` or `Decline`;
 //! - receiver → `Credit` (bytes it can take); sender → chunk frames (see `frame`) within
 //!   credit, `FileEnd` after each file's last chunk; receiver → `Retry` for a bad chunk,
-//!   `FileOk` once a file is verified and renamed, `Complete` when every file is;
+//!   `FileOk` (with the content SHA-256) once a file is verified and renamed, `Complete` when every file is;
 //! - either side → `Error` or `Cancel` at any time.
 //!
 //! Unknown message types fail to decode: the other side is then told and disconnected.
@@ -24,6 +24,8 @@ pub enum SenderMsg {
         sender: String,
         manifest: Manifest,
     },
+    /// After a file's last chunk. `sha256` is the chunk-list root: SHA-256 over the
+    /// concatenated SHA-256 digests of all the file's chunks, in order (hex).
     FileEnd {
         file: u32,
         sha256: String,
@@ -33,6 +35,8 @@ pub enum SenderMsg {
         message: String,
     },
     Cancel,
+    /// Keeps the session alive while the sender re-reads data the receiver already has.
+    Ping,
 }
 
 /// Receiver → sender.
@@ -52,8 +56,10 @@ pub enum ReceiverMsg {
         file: u32,
         index: u64,
     },
+    /// A file is verified and in place; `sha256` is the SHA-256 of its content (hex).
     FileOk {
         file: u32,
+        sha256: String,
     },
     Complete,
     Error {
