@@ -581,6 +581,87 @@ struct Writer {
     dirty: HashSet<u32>,
     last_sync: Instant,
     scratch: Vec<u8>,
+    syncer: Syncer,
+}
+
+/// One durability batch: the part files to fdatasync, then the chunk rows they make safe.
+struct Batch {
+    files: Vec<std::fs::File>,
+    rows: Vec<(u32, u64, [u8; 32])>,
+}
+
+/// Background durability, so the writer keeps verifying and writing while the disk syncs.
+/// At most one batch is in flight; its rows are committed only after all its syncs worked.
+struct Syncer {
+    tx: Option<std::sync::mpsc::SyncSender<Batch>>,
+    done: std::sync::mpsc::Receiver<Result<()>>,
+    in_flight: bool,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Syncer {
+    fn new(store: Store, id: String) -> Result<Self> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(1);
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("skiff-sync".into())
+            .spawn(move || {
+                for batch in rx {
+                    let r = batch
+                        .files
+                        .iter()
+                        // A failed sync is fatal for these chunks: they are not committed.
+                        .try_for_each(|f| {
+                            f.sync_data()
+                                .map_err(|e| Error::io("syncing received data", e))
+                        })
+                        .and_then(|()| store.put_chunks(&id, &batch.rows));
+                    if done_tx.send(r).is_err() {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| Error::io("starting the sync thread", e))?;
+        Ok(Self {
+            tx: Some(tx),
+            done,
+            in_flight: false,
+            thread: Some(thread),
+        })
+    }
+
+    /// Waits for the batch in flight, if any, and returns its result.
+    fn wait(&mut self) -> Result<()> {
+        if !self.in_flight {
+            return Ok(());
+        }
+        self.in_flight = false;
+        self.done
+            .recv()
+            .map_err(|_| Error::protocol("the sync thread stopped"))?
+    }
+
+    fn submit(&mut self, batch: Batch) -> Result<()> {
+        self.wait()?;
+        let tx = self
+            .tx
+            .as_ref()
+            .ok_or_else(|| Error::protocol("the sync thread stopped"))?;
+        tx.send(batch)
+            .map_err(|_| Error::protocol("the sync thread stopped"))?;
+        self.in_flight = true;
+        Ok(())
+    }
+}
+
+impl Drop for Syncer {
+    fn drop(&mut self) {
+        let _ = self.wait();
+        self.tx = None; // ends the thread's loop
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl Writer {
@@ -592,6 +673,7 @@ impl Writer {
         bits: Vec<Option<Vec<bool>>>,
         dest: DestDir,
     ) -> Result<Self> {
+        let (store_for_sync, id_for_sync) = (store.clone(), id.clone());
         let by_idx: HashMap<u32, &RecvFileRow> = rows.iter().map(|r| (r.idx, r)).collect();
         let mut files = Vec::with_capacity(m.entries.len());
         for (i, e) in m.entries.iter().enumerate() {
@@ -648,6 +730,7 @@ impl Writer {
             dirty: HashSet::new(),
             last_sync: Instant::now(),
             scratch: vec![0u8; m.chunk_size as usize],
+            syncer: Syncer::new(store_for_sync, id_for_sync)?,
         })
     }
 
@@ -663,7 +746,7 @@ impl Writer {
             Ok(())
         })();
         // Whatever happened, make what is on disk count (or report why not).
-        let synced = self.sync();
+        let synced = self.sync_now();
         if let Err(e) = &result {
             let _ = reports.send(Report::Failed(clone_err(e)));
         }
@@ -756,19 +839,27 @@ impl Writer {
     }
 
     /// fdatasync every dirty part file, then commit their new chunk rows.
+    /// Starts making the written chunks durable (fdatasync, then commit) in the background.
     fn sync(&mut self) -> Result<()> {
+        let mut files = Vec::with_capacity(self.dirty.len());
         for file in self.dirty.drain() {
             if let Some(Some(WFile { part: Some(p), .. })) = self.files.get(file as usize) {
-                // A failed sync is fatal for these chunks: they are not committed.
-                p.sync_data()
-                    .map_err(|e| Error::io("syncing received data", e))?;
+                files.push(
+                    p.try_clone()
+                        .map_err(|e| Error::io("syncing received data", e))?,
+                );
             }
         }
-        self.store.put_chunks(&self.id, &self.pending)?;
-        self.pending.clear();
+        let rows = std::mem::take(&mut self.pending);
         self.pending_bytes = 0;
         self.last_sync = Instant::now();
-        Ok(())
+        self.syncer.submit(Batch { files, rows })
+    }
+
+    /// Makes everything written so far durable before returning.
+    fn sync_now(&mut self) -> Result<()> {
+        self.sync()?;
+        self.syncer.wait()
     }
 
     /// Hashes, from disk, the held chunks that follow the hash cursor, re-checking each
@@ -782,6 +873,7 @@ impl Writer {
             store,
             id,
             pending,
+            syncer,
             ..
         } = self;
         let Some(f) = files.get_mut(file as usize).and_then(Option::as_mut) else {
@@ -803,6 +895,7 @@ impl Writer {
                 f.have_count -= 1;
                 f.digests[idx as usize] = [0; 32];
                 pending.retain(|(pf, pi, _)| !(*pf == file && *pi == idx));
+                syncer.wait()?; // a batch in flight may hold this row: let it land first
                 store.drop_chunks(id, file, &[idx])?;
                 let _ = reports.send(Report::Bad {
                     file,
@@ -822,7 +915,7 @@ impl Writer {
         if !ready {
             return Ok(());
         }
-        self.sync()?;
+        self.sync_now()?;
         if self
             .files
             .get(file as usize)
