@@ -80,7 +80,7 @@ impl Output {
         }
         eprintln!("Give this code to the receiver:\n\n    {code}\n");
         eprintln!(
-            "On the other computer run:\n    skiff receive --direct {} {code}",
+            "On the other computer run:\n    skiff receive --direct {}\nand enter the code when it asks.",
             reachable(listen)
         );
         eprintln!("(works once; keep this running until the transfer completes)\n");
