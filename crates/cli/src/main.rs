@@ -5,6 +5,7 @@
 //! Must not: implement transfer logic (that is the engine's).
 
 mod output;
+mod peers;
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
@@ -67,6 +68,8 @@ enum Cmd {
     },
     /// List transfers in the data directory.
     List,
+    /// List the peers in your signaling space (same public address, or --space).
+    Peers(peers::PeersArgs),
 }
 
 fn main() -> ExitCode {
@@ -98,6 +101,10 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli, out: &Output) -> Result<bool> {
+    if let Cmd::Peers(args) = &cli.command {
+        // No engine: listing peers must not lock the data directory.
+        return peers::run(args, cli.json).await;
+    }
     let config = Config::new(cli.data_dir.clone());
     let node = Node::spawn(config.clone())
         .await
@@ -188,6 +195,7 @@ async fn command(cmd: Cmd, node: &Node, config: &Config, out: &Output) -> Result
             out.list(&node.list().await?);
             Ok(true)
         }
+        Cmd::Peers(_) => unreachable!("`skiff peers` runs before the engine starts (see `run`)"),
     }
 }
 
