@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use futures_util::{SinkExt, StreamExt};
-use skiff_proto::signal::{ClientMsg, DeviceId, Nameplate, PeerId, SealedBlob, ServerMsg, SpaceName};
+use skiff_proto::signal::{
+    ClientMsg, DeviceId, Nameplate, PeerId, SealedBlob, ServerMsg, SpaceName,
+};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
@@ -44,7 +46,9 @@ fn parse_args() -> Result<Args> {
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     for pair in argv.chunks(2) {
-        let [k, v] = pair else { bail!("flags come in pairs: --name value") };
+        let [k, v] = pair else {
+            bail!("flags come in pairs: --name value")
+        };
         match k.as_str() {
             "--addr" => a.addr = v.parse()?,
             "--pid" => a.pid = v.parse()?,
@@ -74,7 +78,11 @@ async fn connect(addr: SocketAddr, i: usize) -> Result<Ws> {
     socket.bind(SocketAddr::new(source(i), 0))?;
     let tcp = timeout(STEP, socket.connect(addr)).await??;
     tcp.set_nodelay(true)?;
-    let (ws, _) = timeout(STEP, tokio_tungstenite::client_async(format!("ws://{addr}/ws"), tcp)).await??;
+    let (ws, _) = timeout(
+        STEP,
+        tokio_tungstenite::client_async(format!("ws://{addr}/ws"), tcp),
+    )
+    .await??;
     Ok(ws)
 }
 
@@ -103,8 +111,12 @@ async fn session(addr: SocketAddr, i: usize, space: String) -> Result<(Ws, PeerI
         space: Some(SpaceName::try_from(space).map_err(anyhow::Error::msg)?),
     };
     send(&mut ws, &hello).await?;
-    let ServerMsg::Welcome { peer_id, .. } = recv(&mut ws).await? else { bail!("no welcome") };
-    let ServerMsg::Peers { .. } = recv(&mut ws).await? else { bail!("no peers") };
+    let ServerMsg::Welcome { peer_id, .. } = recv(&mut ws).await? else {
+        bail!("no welcome")
+    };
+    let ServerMsg::Peers { .. } = recv(&mut ws).await? else {
+        bail!("no peers")
+    };
     Ok((ws, peer_id))
 }
 
@@ -127,7 +139,11 @@ fn proc_stats(pid: u32) -> Result<Proc> {
     let after = stat.rsplit_once(')').context("stat")?.1;
     let fields: Vec<&str> = after.split_whitespace().collect();
     let cpu_ticks = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
-    Ok(Proc { rss_kib, fds, cpu_ticks })
+    Ok(Proc {
+        rss_kib,
+        fds,
+        cpu_ticks,
+    })
 }
 
 /// CPU percent of one core between two samples (USER_HZ = 100 on Linux).
@@ -166,27 +182,63 @@ async fn idle_phase(a: &Args) -> Result<()> {
     drop(conns);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = proc_stats(a.pid)?;
-    println!("| after closing them | | server RSS {:.1} MiB | {} fds | |", after.rss_kib as f64 / 1024.0, after.fds);
+    println!(
+        "| after closing them | | server RSS {:.1} MiB | {} fds | |",
+        after.rss_kib as f64 / 1024.0,
+        after.fds
+    );
     Ok(())
 }
 
-async fn pair_worker(addr: SocketAddr, w: usize, stop: Arc<AtomicBool>, done: Arc<AtomicU64>) -> Result<()> {
+async fn pair_worker(
+    addr: SocketAddr,
+    w: usize,
+    stop: Arc<AtomicBool>,
+    done: Arc<AtomicU64>,
+) -> Result<()> {
     let (mut a, a_id) = session(addr, 20_000 + 2 * w, format!("pa-{w}")).await?;
     let (mut b, b_id) = session(addr, 20_001 + 2 * w, format!("pb-{w}")).await?;
     let blob = SealedBlob("x".repeat(256));
     while !stop.load(Ordering::Relaxed) {
         send(&mut a, &ClientMsg::Allocate).await?;
-        let ServerMsg::Allocated { nameplate } = recv(&mut a).await? else { bail!("allocate") };
-        send(&mut b, &ClientMsg::Claim { nameplate: nameplate.clone() }).await?;
-        let ServerMsg::Claimed { .. } = recv(&mut b).await? else { bail!("claim") };
-        let ServerMsg::NameplateJoined { .. } = recv(&mut a).await? else { bail!("joined") };
+        let ServerMsg::Allocated { nameplate } = recv(&mut a).await? else {
+            bail!("allocate")
+        };
+        send(
+            &mut b,
+            &ClientMsg::Claim {
+                nameplate: nameplate.clone(),
+            },
+        )
+        .await?;
+        let ServerMsg::Claimed { .. } = recv(&mut b).await? else {
+            bail!("claim")
+        };
+        let ServerMsg::NameplateJoined { .. } = recv(&mut a).await? else {
+            bail!("joined")
+        };
         for k in 0..4 {
-            let (from, to, to_id) = if k % 2 == 0 { (&mut a, &mut b, &b_id) } else { (&mut b, &mut a, &a_id) };
-            send(from, &ClientMsg::Send { to: to_id.clone(), blob: blob.clone() }).await?;
-            let ServerMsg::Message { .. } = recv(to).await? else { bail!("message") };
+            let (from, to, to_id) = if k % 2 == 0 {
+                (&mut a, &mut b, &b_id)
+            } else {
+                (&mut b, &mut a, &a_id)
+            };
+            send(
+                from,
+                &ClientMsg::Send {
+                    to: to_id.clone(),
+                    blob: blob.clone(),
+                },
+            )
+            .await?;
+            let ServerMsg::Message { .. } = recv(to).await? else {
+                bail!("message")
+            };
         }
         release(&mut b, &nameplate).await?;
-        let ServerMsg::NameplateLeft { .. } = recv(&mut a).await? else { bail!("left") };
+        let ServerMsg::NameplateLeft { .. } = recv(&mut a).await? else {
+            bail!("left")
+        };
         release(&mut a, &nameplate).await?;
         done.fetch_add(1, Ordering::Relaxed);
     }
@@ -194,8 +246,16 @@ async fn pair_worker(addr: SocketAddr, w: usize, stop: Arc<AtomicBool>, done: Ar
 }
 
 async fn release(ws: &mut Ws, nameplate: &Nameplate) -> Result<()> {
-    send(ws, &ClientMsg::Release { nameplate: nameplate.clone() }).await?;
-    let ServerMsg::Released { .. } = recv(ws).await? else { bail!("release") };
+    send(
+        ws,
+        &ClientMsg::Release {
+            nameplate: nameplate.clone(),
+        },
+    )
+    .await?;
+    let ServerMsg::Released { .. } = recv(ws).await? else {
+        bail!("release")
+    };
     Ok(())
 }
 
@@ -251,7 +311,14 @@ async fn relay_phase(a: &Args) -> Result<()> {
                 let stamp = epoch.elapsed().as_micros() as u64;
                 let mut body = format!("{stamp:020}");
                 body.push_str(&"b".repeat(blob_len - 20));
-                send(&mut tx, &ClientMsg::Send { to: rx_id.clone(), blob: SealedBlob(body) }).await?;
+                send(
+                    &mut tx,
+                    &ClientMsg::Send {
+                        to: rx_id.clone(),
+                        blob: SealedBlob(body),
+                    },
+                )
+                .await?;
             }
             anyhow::Ok(tx)
         });
@@ -259,7 +326,9 @@ async fn relay_phase(a: &Args) -> Result<()> {
             let total = per_pair * secs;
             let mut lat = Vec::with_capacity(total as usize);
             while (lat.len() as u64) < total {
-                let ServerMsg::Message { blob, .. } = recv(&mut rx).await? else { continue };
+                let ServerMsg::Message { blob, .. } = recv(&mut rx).await? else {
+                    continue;
+                };
                 let sent: u64 = blob.0[..20].parse()?;
                 lat.push(epoch.elapsed().as_micros() as u64 - sent);
             }
