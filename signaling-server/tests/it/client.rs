@@ -208,3 +208,76 @@ async fn probe_reports_version_latency_and_turn() {
     with_turn.stop().await;
     plain.stop().await;
 }
+
+/// S8: `kill -9` of the server binary, restart on the same port: serving within 2 s,
+/// clients reconnect with backoff, and nobody is listed twice.
+#[tokio::test]
+async fn clients_survive_a_kill_9_and_restart_of_the_binary() {
+    use std::process::{Command, Stdio};
+    let addr = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let spawn = || {
+        Command::new(env!("CARGO_BIN_EXE_skiff-signal"))
+            .args(["--listen", &addr.to_string()])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let healthy = || async move {
+        try_http_get(addr, "/healthz")
+            .await
+            .is_some_and(|(s, _)| s == 200)
+    };
+    let mut server = spawn();
+    assert!(eventually(healthy).await, "server did not start");
+    let (a, mut a_rx) = SignalClient::spawn(options(addr, "s8-a", Some("s8")));
+    let (b, mut b_rx) = SignalClient::spawn(options(addr, "s8-b", Some("s8")));
+    until(&mut a_rx, |e| {
+        matches!(e, SignalEvent::Connected { .. }).then_some(())
+    })
+    .await;
+    until(&mut b_rx, |e| {
+        matches!(e, SignalEvent::Connected { .. }).then_some(())
+    })
+    .await;
+
+    server.kill().unwrap(); // SIGKILL: no close frames, no goodbye
+    server.wait().unwrap();
+    until(&mut a_rx, |e| {
+        matches!(e, SignalEvent::Disconnected { .. }).then_some(())
+    })
+    .await;
+    let restarted = std::time::Instant::now();
+    let mut server = spawn();
+    assert!(eventually(healthy).await);
+    let to_serving = restarted.elapsed();
+    assert!(
+        to_serving < Duration::from_secs(2),
+        "restart to serving took {to_serving:?}"
+    );
+
+    // Both come back; in the end each sees exactly one other member of the space.
+    let mut a_sees = Vec::new();
+    loop {
+        match event(&mut a_rx).await {
+            SignalEvent::Peers { list } => a_sees = list.into_iter().map(|p| p.device_id).collect(),
+            SignalEvent::PeerJoined { peer } => a_sees.push(peer.device_id),
+            SignalEvent::PeerLeft { .. } => a_sees.clear(),
+            _ => {}
+        }
+        if !a_sees.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(a_sees.len(), 1);
+    assert_eq!(a_sees[0].as_str(), "s8-b");
+    assert!(a.ping().await.is_ok());
+    assert!(b.ping().await.is_ok());
+    a.shutdown().await;
+    b.shutdown().await;
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
