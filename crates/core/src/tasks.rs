@@ -308,7 +308,7 @@ async fn seed(
                 });
                 return Outcome::Done { path, files };
             }
-            Err(e) if e.is_resumable() && !cancel.is_cancelled() => {
+            Err(e) if (e.is_resumable() || receiver_will_resume(&e)) && !cancel.is_cancelled() => {
                 tracing::info!("session ended: {e}; waiting for the receiver to come back");
                 ctx.events.error(Some(id), &e);
                 set_state(&ctx.store, ctx, id, "interrupted", Some(&e)).await;
@@ -316,6 +316,13 @@ async fn seed(
             Err(e) => return fail(ctx, id, e).await,
         }
     }
+}
+
+/// The receiver reported a local, resumable failure (say, its disk is full): it resumes
+/// once that is fixed, so the sender keeps serving instead of failing the transfer.
+fn receiver_will_resume(e: &Error) -> bool {
+    matches!(e, Error::Remote { kind, .. }
+        if matches!(kind.as_str(), "disk_full" | "timeout" | "io" | "verification_failed"))
 }
 
 async fn with_sender_digests(

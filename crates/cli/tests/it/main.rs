@@ -1,0 +1,7 @@
+//! Integration tests of the `skiff` CLI: two real processes per test, over loopback.
+
+mod errors;
+mod resume;
+mod security;
+mod transfer;
+mod util;

@@ -1,0 +1,297 @@
+//! SIGKILL of either side at random moments, resumed each time; disk full then resumed.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+
+use crate::util::*;
+
+const KILLS: usize = 10;
+const FILE_SIZE: u64 = 512 * MIB;
+/// The receiver commits (fdatasync + checkpoint) at least every this many bytes.
+const SYNC_BYTES: u64 = 8 * MIB;
+
+#[test]
+fn receiver_killed_ten_times_resumes_to_identical_file() {
+    let _g = heavy();
+    let started = Instant::now();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed("receiver_killed"));
+    let t = tempdir();
+    let (s_data, r_data, out) = (t.path().join("S"), t.path().join("R"), t.path().join("out"));
+    fs::create_dir_all(&out).unwrap();
+    let src = t.path().join("movie.bin");
+    let want = write_random(&src, FILE_SIZE, rng.gen());
+
+    let port = free_port();
+    let (mut s, code, id) = send(&s_data, port, &[&src]);
+    let mut r = receive(&r_data, port, &out, &code, CodeVia::Env);
+    let mut run_start = bytes_of(&r.wait_event("progress", secs(60)));
+    assert_eq!(run_start, 0);
+    let mut starts = Vec::new();
+    for kill in 1..=KILLS {
+        std::thread::sleep(Duration::from_millis(rng.gen_range(50..600)));
+        r.drain();
+        assert!(
+            r.running(),
+            "the transfer finished before kill #{kill}; make the file bigger\n{}",
+            r.dump()
+        );
+        r.kill9();
+        let seen = r.max_progress();
+        // The sender keeps serving; the receiver comes back from its checkpoint.
+        r = resume("receiver(resumed)", &r_data, Some(&id), Some(60));
+        let first = r.wait_for("the first progress after a resume", secs(60), |e| {
+            ev_is(e, "progress")
+        });
+        let start = bytes_of(&first);
+        eprintln!("kill #{kill}: saw {seen} bytes before the kill; resumed at {start}");
+        assert!(
+            start >= run_start,
+            "resume #{kill} lost committed data: started at {start}, the run before at {run_start}"
+        );
+        if seen >= run_start + SYNC_BYTES + MIB {
+            assert!(
+                start >= run_start + SYNC_BYTES,
+                "resume #{kill} started at {start} although {seen} bytes were written \
+                 (from {run_start}): a checkpoint was committed but not used"
+            );
+        }
+        assert!(
+            start < FILE_SIZE,
+            "resume #{kill} claims everything already"
+        );
+        let connected = r.events("connected");
+        assert!(
+            connected.iter().all(|c| c["resumed"] == true),
+            "a resume must reconnect with the stored secret: {connected:?}"
+        );
+        starts.push(start);
+        run_start = start;
+    }
+    assert!(
+        starts.iter().any(|&b| b > 0),
+        "no resume started from a checkpoint: {starts:?}"
+    );
+    let done = r.wait_event("done", secs(120));
+    r.expect_success(secs(30));
+    s.wait_event("done", secs(30));
+    s.expect_success(secs(30));
+    assert_eq!(done_sha(&done, "movie.bin"), want);
+    assert_eq!(sha256_file(&out.join("movie.bin")), want);
+    let names: Vec<_> = fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names.len(), 1, "no part file left: {names:?}");
+    eprintln!(
+        "receiver killed {KILLS} times, resumed starts {starts:?}, in {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn sender_killed_ten_times_resumes_to_identical_file() {
+    let _g = heavy();
+    let started = Instant::now();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed("sender_killed"));
+    let t = tempdir();
+    let (s_data, r_data, out) = (t.path().join("S"), t.path().join("R"), t.path().join("out"));
+    fs::create_dir_all(&out).unwrap();
+    let src = t.path().join("movie.bin");
+    let want = write_random(&src, FILE_SIZE, rng.gen());
+
+    let port = free_port();
+    let (mut s, code, id) = send(&s_data, port, &[&src]);
+    let mut r = receive(&r_data, port, &out, &code, CodeVia::Env);
+    s.wait_event("progress", secs(60));
+    let mut run_start = 0;
+    let mut starts = Vec::new();
+    let mut receiver_restarts = 0;
+    for kill in 1..=KILLS {
+        std::thread::sleep(Duration::from_millis(rng.gen_range(50..600)));
+        assert!(
+            s.running(),
+            "the transfer finished before kill #{kill}; make the file bigger\n{}",
+            s.dump()
+        );
+        r.drain();
+        s.kill9();
+        // Everything the receiver reported written is committed when the session ends.
+        let seen = r.max_progress();
+        // `skiff resume` (no id: every interrupted transfer) listens again at the same address.
+        s = resume("sender(resumed)", &s_data, None, None);
+        if !r.running() {
+            // The receiver gave up (it should not within 300 s): bring it back too.
+            receiver_restarts += 1;
+            eprintln!("receiver exited after kill #{kill}\n{}", r.dump());
+            r = resume("receiver(resumed)", &r_data, Some(&id), Some(60));
+        }
+        let first = s.wait_for("the first progress after a resume", secs(60), |e| {
+            ev_is(e, "progress")
+        });
+        let start = bytes_of(&first);
+        eprintln!("kill #{kill}: receiver had {seen} bytes; sender resumed at {start}");
+        assert!(
+            start >= run_start.max(seen),
+            "resume #{kill} started at {start}: the receiver had written {seen} (run before \
+             started at {run_start})"
+        );
+        assert!(
+            start < FILE_SIZE,
+            "resume #{kill} claims everything already"
+        );
+        starts.push(start);
+        run_start = start;
+    }
+    assert!(
+        starts.iter().any(|&b| b > 0),
+        "no resume started from a checkpoint: {starts:?}"
+    );
+    let done = r.wait_event("done", secs(120));
+    r.expect_success(secs(30));
+    s.wait_event("done", secs(30));
+    s.expect_success(secs(30));
+    assert_eq!(
+        receiver_restarts, 0,
+        "the receiver should reconnect by itself"
+    );
+    let reconnects = r
+        .events("connected")
+        .iter()
+        .filter(|c| c["resumed"] == true)
+        .count();
+    assert!(
+        reconnects >= KILLS,
+        "receiver reconnected {reconnects} times"
+    );
+    assert_eq!(done_sha(&done, "movie.bin"), want);
+    assert_eq!(sha256_file(&out.join("movie.bin")), want);
+    eprintln!(
+        "sender killed {KILLS} times, resumed starts {starts:?}, in {:?}",
+        started.elapsed()
+    );
+}
+
+/// Unmounts on drop (lazily, so a failing test never leaves a busy mount behind).
+struct Mount(PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+fn free_bytes(p: &Path) -> u64 {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: statvfs fills the struct we own.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    assert_eq!(rc, 0, "statvfs {}", p.display());
+    st.f_bavail as u64 * st.f_frsize as u64
+}
+
+#[test]
+fn disk_full_is_clear_and_resumable() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED disk_full_is_clear_and_resumable: needs root to mount a tmpfs");
+        return;
+    }
+    let _g = heavy();
+    let t = tempdir();
+    let (s_data, r_data) = (t.path().join("S"), t.path().join("R"));
+    let mnt = t.path().join("small");
+    fs::create_dir_all(&mnt).unwrap();
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64m", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    if !st.success() {
+        eprintln!("SKIPPED disk_full_is_clear_and_resumable: cannot mount a tmpfs ({st})");
+        return;
+    }
+    let _mount = Mount(mnt.clone());
+    let out = mnt.join("in");
+    fs::create_dir_all(&out).unwrap();
+    let src = t.path().join("three");
+    fs::create_dir_all(&src).unwrap();
+    for i in 0..3 {
+        write_random(&src.join(format!("part{i}.bin")), 20 * MIB, 100 + i);
+    }
+
+    let port = free_port();
+    let (mut s, code, id) = send(&s_data, port, &[&src]);
+    let mut r = receive(&r_data, port, &out, &code, CodeVia::Env);
+    r.wait_for("progress with data", secs(60), |e| {
+        ev_is(e, "progress") && bytes_of(e) > 0
+    });
+    r.kill9();
+    assert!(
+        r.events("done").is_empty(),
+        "finished before the kill\n{}",
+        r.dump()
+    );
+
+    // Fill the disk, leaving ~5 MiB.
+    let filler = mnt.join("filler");
+    {
+        let free = free_bytes(&mnt);
+        let n = free.saturating_sub(5 * MIB);
+        let f = fs::File::create(&filler).unwrap();
+        use std::io::Write;
+        let mut w = std::io::BufWriter::new(f);
+        let block = vec![0xa5u8; MIB as usize];
+        let mut left = n;
+        while left > 0 {
+            let k = left.min(MIB) as usize;
+            w.write_all(&block[..k]).unwrap();
+            left -= k as u64;
+        }
+        w.flush().unwrap();
+    }
+    eprintln!("free after filling: {} bytes", free_bytes(&mnt));
+
+    let mut r = resume("receiver(disk full)", &r_data, Some(&id), Some(20));
+    let err = r.wait_event("error", secs(60));
+    let st = r.wait_exit(secs(60));
+    assert!(
+        !st.success(),
+        "resume on a full disk must fail\n{}",
+        r.dump()
+    );
+    assert_eq!(err["kind"], "disk_full", "{err}");
+    let msg = err["message"].as_str().unwrap_or_default().to_lowercase();
+    assert!(
+        msg.contains("space") || msg.contains("full"),
+        "unclear disk-full message: {msg}"
+    );
+    assert_eq!(err["transfer"], id.as_str());
+    // The checkpoint is intact: still resumable, the part file still there.
+    let rows = list(&r_data);
+    let row = rows
+        .iter()
+        .find(|t| t["id"] == id.as_str())
+        .expect("transfer listed");
+    assert!(
+        ["interrupted", "transferring"].contains(&row["state"].as_str().unwrap_or("")),
+        "state after disk full: {row}"
+    );
+    assert!(
+        row["held"].as_u64().unwrap_or(0) > 0
+            || fs::read_dir(out.join("three")).unwrap().count() > 0,
+        "nothing kept after disk full: {row}"
+    );
+
+    fs::remove_file(&filler).unwrap();
+    let mut r = resume("receiver(space freed)", &r_data, Some(&id), Some(60));
+    let done = r.wait_event("done", secs(90));
+    r.expect_success(secs(30));
+    s.wait_event("done", secs(30));
+    s.expect_success(secs(30));
+    assert_eq!(done["files"].as_array().unwrap().len(), 3);
+    assert_same_tree(&src, &out.join("three"));
+}
