@@ -123,6 +123,11 @@ pub enum SignalEvent {
         from: PeerId,
         blob: SealedBlob,
     },
+    /// Fresh TURN credentials, fetched by the client itself at 80 % of the previous TTL.
+    IceServers {
+        ice_servers: Vec<IceServer>,
+        ice_ttl_secs: u64,
+    },
     /// An error not tied to a request (e.g. `unknown_peer` after a `send`).
     ServerError {
         code: ErrorCode,
@@ -411,8 +416,21 @@ struct Actor {
 
 struct Pending {
     request: Request,
-    reply: oneshot::Sender<Result<Reply>>,
+    /// `None` for the client's own credential refresh: its answer becomes an event.
+    reply: Option<oneshot::Sender<Result<Reply>>>,
     sent: Instant,
+}
+
+/// When to fetch fresh TURN credentials: at 80 % of their lifetime.
+fn refresh_at(ttl_secs: u64) -> Option<Instant> {
+    (ttl_secs > 0).then(|| Instant::now() + Duration::from_secs(ttl_secs).mul_f64(0.8))
+}
+
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 impl Actor {
@@ -448,6 +466,7 @@ impl Actor {
                         peers,
                     } = welcome;
                     tracing::debug!(peer = %peer_id, "signaling connected");
+                    let ice_ttl = ice_ttl_secs;
                     if !self
                         .emit(SignalEvent::Connected {
                             peer_id,
@@ -460,7 +479,7 @@ impl Actor {
                     {
                         break "shut down".to_owned();
                     }
-                    match self.session(ws).await {
+                    match self.session(ws, ice_ttl).await {
                         Ended::Stop(reason) => break reason,
                         Ended::Lost(reason) => reason,
                     }
@@ -500,8 +519,9 @@ impl Actor {
         }
     }
 
-    async fn session(&mut self, mut ws: Ws) -> Ended {
+    async fn session(&mut self, mut ws: Ws, ice_ttl_secs: u64) -> Ended {
         let mut pending: VecDeque<Pending> = VecDeque::new();
+        let mut ice_due = refresh_at(ice_ttl_secs);
         let mut ping = tokio::time::interval_at(Instant::now() + PING_INTERVAL, PING_INTERVAL);
         let mut last_heard = Instant::now();
         let mut next_ping_id: u64 = 1;
@@ -524,7 +544,7 @@ impl Actor {
                         },
                         Some(Ok(_)) => continue,
                     };
-                    if let Some(event) = self.dispatch(msg, &mut pending) {
+                    if let Some(event) = self.dispatch(msg, &mut pending, &mut ice_due) {
                         if !self.emit(event).await {
                             break Ended::Stop("shut down".into());
                         }
@@ -545,13 +565,13 @@ impl Actor {
                                     ClientMsg::Ping { id: next_ping_id }
                                 }
                             };
-                            (msg.encode(), Ok(Pending { request, reply, sent: Instant::now() }))
+                            (msg.encode(), Ok(Pending { request, reply: Some(reply), sent: Instant::now() }))
                         }
                     };
                     if let Err(e) = ws.send(Message::text(text)).await {
                         let reason = e.to_string();
                         match result {
-                            Ok(p) => { let _ = p.reply.send(Err(signal_err(reason.clone()))); }
+                            Ok(p) => { if let Some(r) = p.reply { let _ = r.send(Err(signal_err(reason.clone()))); } }
                             Err(reply) => { let _ = reply.send(Err(signal_err(reason.clone()))); }
                         }
                         break Ended::Lost(reason);
@@ -560,6 +580,13 @@ impl Actor {
                         Ok(p) => pending.push_back(p),
                         Err(reply) => { let _ = reply.send(Ok(())); }
                     }
+                }
+                () = sleep_until_some(ice_due) => {
+                    ice_due = None;
+                    if ws.send(Message::text(ClientMsg::RefreshIce.encode())).await.is_err() {
+                        break Ended::Lost("cannot reach the server".into());
+                    }
+                    pending.push_back(Pending { request: Request::RefreshIce, reply: None, sent: Instant::now() });
                 }
                 _ = ping.tick() => {
                     if last_heard.elapsed() >= SERVER_SILENCE {
@@ -575,19 +602,27 @@ impl Actor {
             Ended::Lost(r) | Ended::Stop(r) => r.clone(),
         };
         for p in pending {
-            let _ = p
-                .reply
-                .send(Err(signal_err(format!("connection lost: {reason}"))));
+            if let Some(reply) = p.reply {
+                let _ = reply.send(Err(signal_err(format!("connection lost: {reason}"))));
+            }
         }
         end
     }
 
     /// Matches replies to the oldest pending request (the server answers in order);
     /// everything else becomes an event.
-    fn dispatch(&self, msg: ServerMsg, pending: &mut VecDeque<Pending>) -> Option<SignalEvent> {
+    fn dispatch(
+        &self,
+        msg: ServerMsg,
+        pending: &mut VecDeque<Pending>,
+        ice_due: &mut Option<Instant>,
+    ) -> Option<SignalEvent> {
         let answer = |pending: &mut VecDeque<Pending>, reply: Result<Reply>| {
-            if let Some(p) = pending.pop_front() {
-                let _ = p.reply.send(reply);
+            if let Some(Pending {
+                reply: Some(to), ..
+            }) = pending.pop_front()
+            {
+                let _ = to.send(reply);
             }
         };
         let front = pending.front().map(|p| &p.request);
@@ -605,6 +640,14 @@ impl Actor {
                 ice_servers,
                 ice_ttl_secs,
             } if matches!(front, Some(Request::RefreshIce)) => {
+                *ice_due = refresh_at(ice_ttl_secs);
+                if pending.front().is_some_and(|p| p.reply.is_none()) {
+                    pending.pop_front();
+                    return Some(SignalEvent::IceServers {
+                        ice_servers,
+                        ice_ttl_secs,
+                    });
+                }
                 answer(pending, Ok(Reply::Ice(ice_servers, ice_ttl_secs)));
             }
             ServerMsg::Pong { .. } if matches!(front, Some(Request::Ping)) => {

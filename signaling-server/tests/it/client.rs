@@ -281,3 +281,42 @@ async fn clients_survive_a_kill_9_and_restart_of_the_binary() {
     server.kill().unwrap();
     server.wait().unwrap();
 }
+
+/// T5 (shortened): TURN credentials are refreshed by the client at 80 % of their TTL.
+#[tokio::test]
+async fn client_refreshes_turn_credentials_at_eighty_percent_of_the_ttl() {
+    let mut config = roomy();
+    config.turn.secret = Some("refresh-secret".into());
+    config.turn.urls = vec!["turn:127.0.0.1:3478".into()];
+    config.turn.ttl_secs = 2;
+    let server = start(config).await;
+    let (c, mut rx) = SignalClient::spawn(options(server.addr, "refresher", None));
+    let first = until(&mut rx, |e| match e {
+        SignalEvent::Connected {
+            ice_servers,
+            ice_ttl_secs,
+            ..
+        } => Some((ice_servers, ice_ttl_secs)),
+        _ => None,
+    })
+    .await;
+    assert_eq!(first.1, 2);
+    let started = std::time::Instant::now();
+    let fresh = until(&mut rx, |e| match e {
+        SignalEvent::IceServers { ice_servers, .. } => Some(ice_servers),
+        _ => None,
+    })
+    .await;
+    let after = started.elapsed();
+    assert!(
+        after >= Duration::from_millis(1400) && after < Duration::from_millis(2500),
+        "{after:?}"
+    );
+    let user = |s: &[skiff_proto::signal::IceServer]| s[0].username.clone().unwrap();
+    assert!(
+        user(&fresh) >= user(&first.0),
+        "a credential at least as fresh"
+    );
+    c.shutdown().await;
+    server.stop().await;
+}
