@@ -32,7 +32,15 @@ fn receiver_killed_ten_times_resumes_to_identical_file() {
     assert_eq!(run_start, 0);
     let mut starts = Vec::new();
     for kill in 1..=KILLS {
-        std::thread::sleep(Duration::from_millis(rng.gen_range(50..600)));
+        // Mostly while data flows, sometimes right after the (re)connection.
+        if rng.gen_ratio(3, 4) {
+            r.wait_for("data flowing", secs(60), |e| {
+                ev_is(e, "progress") && bytes_of(e) > run_start
+            });
+            std::thread::sleep(Duration::from_millis(rng.gen_range(0..400)));
+        } else {
+            std::thread::sleep(Duration::from_millis(rng.gen_range(0..100)));
+        }
         r.drain();
         assert!(
             r.running(),
@@ -42,12 +50,16 @@ fn receiver_killed_ten_times_resumes_to_identical_file() {
         r.kill9();
         let seen = r.max_progress();
         // The sender keeps serving; the receiver comes back from its checkpoint.
+        let t0 = Instant::now();
         r = resume("receiver(resumed)", &r_data, Some(&id), Some(60));
         let first = r.wait_for("the first progress after a resume", secs(60), |e| {
             ev_is(e, "progress")
         });
         let start = bytes_of(&first);
-        eprintln!("kill #{kill}: saw {seen} bytes before the kill; resumed at {start}");
+        eprintln!(
+            "kill #{kill}: saw {seen} bytes before the kill; resumed at {start} after {:?}",
+            t0.elapsed()
+        );
         assert!(
             start >= run_start,
             "resume #{kill} lost committed data: started at {start}, the run before at {run_start}"
@@ -122,6 +134,7 @@ fn sender_killed_ten_times_resumes_to_identical_file() {
         // Everything the receiver reported written is committed when the session ends.
         let seen = r.max_progress();
         // `skiff resume` (no id: every interrupted transfer) listens again at the same address.
+        let t0 = Instant::now();
         s = resume("sender(resumed)", &s_data, None, None);
         if !r.running() {
             // The receiver gave up (it should not within 300 s): bring it back too.
@@ -133,7 +146,10 @@ fn sender_killed_ten_times_resumes_to_identical_file() {
             ev_is(e, "progress")
         });
         let start = bytes_of(&first);
-        eprintln!("kill #{kill}: receiver had {seen} bytes; sender resumed at {start}");
+        eprintln!(
+            "kill #{kill}: receiver had {seen} bytes; sender resumed at {start} after {:?}",
+            t0.elapsed()
+        );
         assert!(
             start >= run_start.max(seen),
             "resume #{kill} started at {start}: the receiver had written {seen} (run before \
