@@ -244,14 +244,14 @@ fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
 
 /// The client's address: the TCP peer, or for a trusted proxy the last address in
 /// `X-Forwarded-For` that is not itself a trusted proxy.
-fn client_ip(config: &Config, peer: IpAddr, req: &Request<Incoming>) -> IpAddr {
+fn client_ip(config: &Config, peer: IpAddr, headers: &hyper::HeaderMap) -> IpAddr {
     let peer = canonical(peer);
     let trusted = |ip: IpAddr| config.trusted_proxies.iter().any(|c| c.contains(ip));
     if !trusted(peer) {
         return peer;
     }
     let mut chain: Vec<IpAddr> = Vec::new();
-    for value in req.headers().get_all("x-forwarded-for") {
+    for value in headers.get_all("x-forwarded-for") {
         let Ok(value) = value.to_str() else {
             return peer;
         };
@@ -347,7 +347,7 @@ fn upgrade(
         shared.metrics.reject(Reason::BadUpgrade);
         return text(StatusCode::BAD_REQUEST, "expected a WebSocket upgrade\n");
     };
-    let ip = client_ip(&shared.config, peer, &req);
+    let ip = client_ip(&shared.config, peer, req.headers());
     let ip_key = IpKey::of(ip);
     if let Err(refusal) = shared.lock_ips().open_socket(ip_key, Instant::now()) {
         let reason = match refusal {
@@ -391,4 +391,45 @@ fn upgrade(
         h.insert("sec-websocket-accept", v);
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn forwarded_for_is_read_right_to_left_and_only_behind_trusted_proxies() {
+        let mut config = Config::default();
+        config.trusted_proxies = vec!["10.0.0.0/8".parse().unwrap()];
+        let mut h = hyper::HeaderMap::new();
+        h.append(
+            "x-forwarded-for",
+            "6.6.6.6, 198.51.100.7, 10.1.1.1".parse().unwrap(),
+        );
+        // From a trusted proxy: the last address that is not a proxy (a client-supplied
+        // prefix like 6.6.6.6 is ignored).
+        assert_eq!(client_ip(&config, ip("10.0.0.2"), &h), ip("198.51.100.7"));
+        // From anyone else the header means nothing.
+        assert_eq!(client_ip(&config, ip("203.0.113.9"), &h), ip("203.0.113.9"));
+        // Several headers are one list; garbage falls back to the peer.
+        let mut two = hyper::HeaderMap::new();
+        two.append("x-forwarded-for", "192.0.2.1".parse().unwrap());
+        two.append("x-forwarded-for", "10.2.2.2".parse().unwrap());
+        assert_eq!(client_ip(&config, ip("10.0.0.2"), &two), ip("192.0.2.1"));
+        let mut bad = hyper::HeaderMap::new();
+        bad.append("x-forwarded-for", "not-an-ip".parse().unwrap());
+        assert_eq!(client_ip(&config, ip("10.0.0.2"), &bad), ip("10.0.0.2"));
+        // Only proxies in the chain, or no header: the proxy itself.
+        let mut proxies = hyper::HeaderMap::new();
+        proxies.append("x-forwarded-for", "10.9.9.9".parse().unwrap());
+        assert_eq!(client_ip(&config, ip("10.0.0.2"), &proxies), ip("10.0.0.2"));
+        assert_eq!(
+            client_ip(&config, ip("::ffff:10.0.0.2"), &hyper::HeaderMap::new()),
+            ip("10.0.0.2")
+        );
+    }
 }

@@ -6,6 +6,7 @@
 
 pub mod mem;
 pub mod tcp;
+pub mod webrtc;
 
 use async_trait::async_trait;
 
@@ -33,6 +34,10 @@ pub enum PathKind {
     Lan,
     Direct,
     Memory,
+    /// Relayed by a TURN server reached over UDP, TCP or TLS.
+    TurnUdp,
+    TurnTcp,
+    TurnTls,
 }
 
 impl PathKind {
@@ -41,6 +46,9 @@ impl PathKind {
             PathKind::Lan => "lan",
             PathKind::Direct => "direct",
             PathKind::Memory => "memory",
+            PathKind::TurnUdp => "turn-udp",
+            PathKind::TurnTcp => "turn-tcp",
+            PathKind::TurnTls => "turn-tls",
         }
     }
 }
