@@ -18,6 +18,23 @@ use crate::{Error, Result};
 /// Suffix of files still being received.
 pub const PART_SUFFIX: &str = ".skiff-part";
 
+/// The part file of the final name `name`. A name too long to take the suffix (the
+/// sanitiser allows 255 bytes, as does the file system) keeps a prefix plus a digest of
+/// the whole name, so that distinct long names never share a part file.
+pub fn part_name(name: &str) -> String {
+    const MAX: usize = 255;
+    if name.len() + PART_SUFFIX.len() <= MAX {
+        return format!("{name}{PART_SUFFIX}");
+    }
+    use sha2::Digest as _;
+    let tag = hex::encode(&sha2::Sha256::digest(name.as_bytes())[..8]);
+    let mut cut = MAX - PART_SUFFIX.len() - tag.len() - 1;
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}~{tag}{PART_SUFFIX}", &name[..cut])
+}
+
 /// A handle on the destination folder.
 pub struct DestDir {
     root: OwnedFd,

@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::events::{DoneFile, Event, Events, Progress};
-use crate::fsx::{finish_metadata, DestDir, PART_SUFFIX};
+use crate::fsx::{finish_metadata, part_name, DestDir};
 use crate::names::{numbered, sanitize_path, NameDeduper};
 use crate::session::Channel;
 use crate::store::{RecvFileRow, Store};
@@ -122,9 +122,7 @@ pub fn plan(m: &Manifest, sanitised: &[Vec<String>], dest: &DestDir) -> Result<V
             // Top level: also avoid what is already in the destination.
             let base = name.clone();
             let mut n = 0;
-            while DestDir::exists(&root, &name)
-                || DestDir::exists(&root, &format!("{name}{PART_SUFFIX}"))
-            {
+            while DestDir::exists(&root, &name) || DestDir::exists(&root, &part_name(&name)) {
                 n += 1;
                 name = dedup.unique(&numbered(&base, n));
             }
@@ -225,7 +223,7 @@ pub fn load_holdings(store: &Store, id: &str, m: &Manifest, dest: &DestDir) -> R
         }
         let mut bits = vec![false; n as usize];
         let dir = dest.dir(&split_dir(&row.local_dir), true)?;
-        let part_name = format!("{}{PART_SUFFIX}", row.local_name);
+        let part_name = part_name(&row.local_name);
         let chunks = store.chunks(id, idx)?;
         match DestDir::open_part(&dir, &part_name)? {
             None => {
@@ -822,7 +820,7 @@ impl Writer {
         };
         if f.part.is_none() {
             let dir = self.dest.dir(&f.dir, true)?;
-            let part_name = format!("{}{PART_SUFFIX}", f.name);
+            let part_name = part_name(&f.name);
             let part = match DestDir::open_part(&dir, &part_name)? {
                 Some(p) => p,
                 None => {
@@ -960,7 +958,7 @@ impl Writer {
             .map_err(|e| Error::io("syncing a finished file", e))?;
         drop(part);
         let dir = self.dest.dir(&f.dir, true)?;
-        let part_name = format!("{}{PART_SUFFIX}", f.name);
+        let part_name = part_name(&f.name);
         let base = f.name.clone();
         let mut name = base.clone();
         let mut n = 0;

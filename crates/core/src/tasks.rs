@@ -470,7 +470,17 @@ async fn receive_first(
             what: "connecting to the sender",
         })??;
     let (mut ch, secret) = session::dial_pake(conn, &code).await?;
-    let (id, sender, manifest) = read_offer(&mut ch).await?;
+    let (id, sender, manifest) = match read_offer(&mut ch).await {
+        Ok(o) => o,
+        Err(e) => {
+            // An offer we cannot even decode (unknown entry kind, too many entries): say
+            // why, as for one that fails its checks, instead of just hanging up.
+            if matches!(e, Error::BadOffer { .. } | Error::Protocol { .. }) {
+                tell_sender(&mut ch, &e).await;
+            }
+            return Err(e);
+        }
+    };
     let sanitised = match recv::check_offer(&id, &manifest) {
         Ok(s) => s,
         Err(e) => {

@@ -1,0 +1,6 @@
+//! Scripted hostile-peer integration tests of skiff-core: one binary, topic modules.
+
+mod hostile;
+mod integrity;
+mod reverse;
+mod util;
