@@ -311,3 +311,56 @@ fn disk_full_is_clear_and_resumable() {
     assert_eq!(done["files"].as_array().unwrap().len(), 3);
     assert_same_tree(&src, &out.join("three"));
 }
+
+#[test]
+fn both_sides_killed_resume_to_identical_file() {
+    let _g = heavy();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed("both_killed"));
+    let t = tempdir();
+    let (s_data, r_data, out) = (t.path().join("S"), t.path().join("R"), t.path().join("out"));
+    fs::create_dir_all(&out).unwrap();
+    let src = t.path().join("both.bin");
+    let want = write_random(&src, 160 * MIB, rng.gen());
+    let port = free_port();
+    let (mut s, code, id) = send(&s_data, port, &[&src]);
+    let mut r = receive(&r_data, port, &out, &code, CodeVia::Env);
+    let mut start = 0;
+    for kill in 1..=3 {
+        r.wait_for("data flowing", secs(60), |e| {
+            ev_is(e, "progress") && bytes_of(e) > start
+        });
+        std::thread::sleep(Duration::from_millis(rng.gen_range(0..300)));
+        assert!(r.running() && s.running(), "finished before kill #{kill}");
+        // Receiver first or sender first, then the other.
+        if rng.gen() {
+            r.kill9();
+            s.kill9();
+        } else {
+            s.kill9();
+            r.kill9();
+        }
+        // Restart in either order: the receiver keeps dialling until the sender is back.
+        if rng.gen() {
+            r = resume("receiver(resumed)", &r_data, None, Some(60));
+            std::thread::sleep(Duration::from_millis(rng.gen_range(0..800)));
+            s = resume("sender(resumed)", &s_data, None, None);
+        } else {
+            s = resume("sender(resumed)", &s_data, None, None);
+            r = resume("receiver(resumed)", &r_data, None, Some(60));
+        }
+        let first = r.wait_event("progress", secs(60));
+        assert!(
+            bytes_of(&first) >= start,
+            "resume #{kill} lost data: {first}"
+        );
+        start = bytes_of(&first);
+    }
+    assert!(start > 0, "no resume started from a checkpoint");
+    let done = r.wait_event("done", secs(120));
+    r.expect_success(secs(30));
+    s.wait_event("done", secs(30));
+    s.expect_success(secs(30));
+    assert_eq!(done["transfer"], id.as_str());
+    assert_eq!(done_sha(&done, "both.bin"), want);
+    assert_eq!(sha256_file(&out.join("both.bin")), want);
+}
