@@ -40,6 +40,10 @@ enum Cmd {
         /// Listen for the receiver on this address (direct connection, also the LAN path).
         #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:0")]
         direct: String,
+        /// Meet the receiver through this signaling server (`ws://…/ws` or `wss://…/ws`):
+        /// the code then works without knowing this computer's address.
+        #[arg(long, env = "SKIFF_SIGNAL", value_name = "URL")]
+        signal: Option<String>,
         /// Files and folders to send.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
@@ -47,8 +51,11 @@ enum Cmd {
     /// Receive with a code (prompted for, or read from SKIFF_CODE, if not given).
     Receive {
         /// The sender's address (direct connection).
-        #[arg(long, value_name = "ADDR")]
+        #[arg(long, value_name = "ADDR", conflicts_with = "signal")]
         direct: Option<String>,
+        /// Meet the sender through this signaling server (the one the sender used).
+        #[arg(long, env = "SKIFF_SIGNAL", value_name = "URL")]
+        signal: Option<String>,
         /// The code from the sender. Visible to other local users in the process list:
         /// prefer the prompt or SKIFF_CODE.
         code: Option<String>,
@@ -125,7 +132,12 @@ async fn run(cli: Cli, out: &Output) -> Result<bool> {
 
 async fn command(cmd: Cmd, node: &Node, config: &Config, out: &Output) -> Result<bool> {
     match cmd {
-        Cmd::Send { direct, paths } => {
+        Cmd::Send {
+            direct,
+            signal,
+            paths,
+        } => {
+            node.set_signal_url(signal.clone()).await?;
             let started = node
                 .send(paths, SendOptions { listen: direct })
                 .await
@@ -136,17 +148,25 @@ async fn command(cmd: Cmd, node: &Node, config: &Config, out: &Output) -> Result
                     display_escape(&path.display().to_string())
                 ));
             }
-            out.show_code(&started.code, &started.listen);
+            out.show_code(&started.code, &started.listen, signal.as_deref());
             Ok(out.outcome(node.wait(&started.id).await?))
         }
         Cmd::Receive {
             direct,
+            signal,
             code,
             dir,
             yes,
         } => {
-            let Some(addr) = direct else {
-                bail!("give the sender's address with --direct HOST:PORT (the sender prints it)");
+            let addr = match (direct, signal) {
+                (Some(addr), _) => addr,
+                (None, Some(url)) => {
+                    node.set_signal_url(Some(url)).await?;
+                    String::new()
+                }
+                (None, None) => bail!(
+                    "give the signaling server with --signal URL (or SKIFF_SIGNAL), or the sender's address with --direct HOST:PORT"
+                ),
             };
             let code = match code.or_else(|| std::env::var("SKIFF_CODE").ok()) {
                 Some(c) => c,

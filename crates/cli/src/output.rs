@@ -74,15 +74,16 @@ impl Output {
         f(guard.as_ref())
     }
 
-    pub fn show_code(&self, code: &str, listen: &str) {
+    pub fn show_code(&self, code: &str, listen: &str, signal: Option<&str>) {
         if self.json {
             return; // the `code` event carries it
         }
         eprintln!("Give this code to the receiver:\n\n    {code}\n");
-        eprintln!(
-            "On the other computer run:\n    skiff receive --direct {}\nand enter the code when it asks.",
-            reachable(listen)
-        );
+        let how = match signal {
+            Some(url) => format!("skiff receive --signal {}", display_escape(url)),
+            None => format!("skiff receive --direct {}", reachable(listen)),
+        };
+        eprintln!("On the other computer run:\n    {how}\nand enter the code when it asks.");
         eprintln!("(works once; keep this running until the transfer completes)\n");
     }
 

@@ -18,6 +18,8 @@ pub enum Error {
     CodeMismatch,
     #[error("not a valid code: {reason}")]
     BadCode { reason: String },
+    #[error("no transfer is waiting for this code: it may have expired or been used already")]
+    UnknownCode,
     #[error("protocol error: {reason}")]
     Protocol { reason: String },
     #[error("frame out of order or replayed (expected #{expected}, got #{got})")]
@@ -84,6 +86,7 @@ impl Error {
         match self {
             Error::CodeMismatch => "code_mismatch",
             Error::BadCode { .. } => "bad_code",
+            Error::UnknownCode => "unknown_code",
             Error::Protocol { .. } => "protocol",
             Error::Replay { .. } => "replay",
             Error::FrameTooLarge { .. } => "frame_too_large",

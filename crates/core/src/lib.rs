@@ -13,6 +13,7 @@ pub mod events;
 pub mod fsx;
 pub mod names;
 pub mod node;
+pub mod pairing;
 pub mod recv;
 pub mod send;
 pub mod session;

@@ -21,7 +21,7 @@ use crate::{tasks, Error, Result};
 /// Options of a send.
 #[derive(Debug, Clone)]
 pub struct SendOptions {
-    /// Address to listen on for the receiver (direct mode), e.g. `0.0.0.0:9000`.
+    /// Address to listen on for the receiver, e.g. `0.0.0.0:9000` (`:0` picks a port).
     pub listen: String,
 }
 
@@ -37,7 +37,7 @@ pub struct SendStarted {
 /// Options of a receive.
 #[derive(Debug, Clone)]
 pub struct ReceiveOptions {
-    /// Address of the sender (direct mode).
+    /// Address of the sender (direct mode; unused when a signaling server is set).
     pub connect: String,
     /// Destination folder; the configured download folder when `None`.
     pub dir: Option<PathBuf>,
@@ -136,6 +136,10 @@ pub(crate) enum Command {
         id: String,
         reply: oneshot::Sender<Outcome>,
     },
+    SetSignal {
+        url: Option<String>,
+        reply: oneshot::Sender<()>,
+    },
     // From the node's own tasks:
     Started {
         id: String,
@@ -159,6 +163,8 @@ pub(crate) struct Ctx {
     pub config: Config,
     pub events: Events,
     pub internal: mpsc::Sender<Command>,
+    /// Signaling server (`ws://…/ws`), see [`Node::set_signal_url`].
+    pub signal: Option<String>,
     /// The node's root token: cancelled only when the whole node shuts down, which
     /// interrupts transfers (resumable) instead of cancelling them.
     pub shutdown: CancellationToken,
@@ -211,6 +217,7 @@ impl Node {
             config,
             events: events.clone(),
             internal: cmds.clone(),
+            signal: None,
             shutdown: cancel.clone(),
         };
         let actor = Actor {
@@ -291,6 +298,21 @@ impl Node {
     pub async fn wait(&self, id: &str) -> Result<Outcome> {
         let id = id.to_owned();
         self.ask(|reply| Command::Wait { id, reply }).await
+    }
+
+    /// Uses the signaling server at `url` (`ws://…/ws` or `wss://…/ws`) for transfers
+    /// started from now on: a send's nameplate comes from it and the code's PAKE runs
+    /// through it (it sees only sealed blobs). `None`: codes work over direct connections.
+    pub async fn set_signal_url(&self, url: Option<String>) -> Result<()> {
+        if let Some(u) = &url {
+            if !(u.starts_with("ws://") || u.starts_with("wss://")) {
+                return Err(Error::InvalidInput {
+                    reason: "use a ws:// or wss:// address, like wss://signal.example.org/ws"
+                        .into(),
+                });
+            }
+        }
+        self.ask(|reply| Command::SetSignal { url, reply }).await
     }
 
     /// Every transfer in the data directory.
@@ -401,6 +423,10 @@ impl Actor {
                 } else {
                     self.waiters.entry(id).or_default().push(reply);
                 }
+            }
+            Command::SetSignal { url, reply } => {
+                self.ctx.signal = url;
+                let _ = reply.send(());
             }
             Command::Started { id, cancel } => {
                 self.running.insert(id, cancel);

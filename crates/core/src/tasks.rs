@@ -24,6 +24,7 @@ use crate::node::{
     Command, Ctx, Decision, IncomingOffer, Outcome, ReceiveOptions, SendOptions, SendStarted,
     TransferInfo,
 };
+use crate::pairing::{self, SignalLink};
 use crate::recv::{self, Holdings, RecvCtx};
 use crate::send::{self, SendCtx};
 use crate::session::{self, Channel};
@@ -73,52 +74,68 @@ pub(crate) async fn send(
     reply: oneshot::Sender<Result<SendStarted>>,
 ) {
     let id = new_id();
-    let prepared =
-        async {
-            let offer = blocking(move || walk::build(&paths)).await?;
-            let listener = tcp::listen(&opts.listen).await?;
-            let listen = listener
-                .local_addr()
-                .map(|a| a.to_string())
-                .unwrap_or(opts.listen.clone());
-            let lock = TransferLock::acquire(&ctx.config.data_dir, &id)?;
-            let row = TransferRow {
-                id: id.clone(),
-                direction: Direction::Send,
-                state: "waiting".into(),
-                peer_addr: listen.clone(),
-                resume_secret: None,
-                manifest: String::from_utf8_lossy(&offer.manifest.encode()).into_owned(),
-                dest_dir: None,
-                peer_name: String::new(),
-                total_bytes: offer.manifest.total_bytes().unwrap_or(0),
-                path_kind: None,
-                error_kind: None,
-                error: None,
-                created: 0,
-                updated: 0,
-            };
-            let files: Vec<(u32, walk::Source)> = offer
-                .sources
-                .iter()
-                .enumerate()
-                .filter_map(|(i, s)| s.clone().map(|s| (i as u32, s)))
-                .collect();
-            ctx.store
-                .call(move |s| {
-                    s.insert_transfer(&row)?;
-                    s.insert_send_files(&row.id, &files)
-                })
-                .await?;
-            let mut rng = rand::thread_rng();
-            let code = ShareCode::generate(&ShareCode::random_nameplate(&mut rng), &mut rng)
-                .map_err(|e| Error::BadCode {
-                    reason: e.to_string(),
-                })?;
-            Ok::<_, Error>((offer, listener, listen, lock, code))
-        }
-        .await;
-    let (offer, listener, listen, lock, code) = match prepared {
+    let prepared = async {
+        let offer = blocking(move || walk::build(&paths)).await?;
+        let listener = tcp::listen(&opts.listen).await?;
+        let listen = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or(opts.listen.clone());
+        let lock = TransferLock::acquire(&ctx.config.data_dir, &id)?;
+        let row = TransferRow {
+            id: id.clone(),
+            direction: Direction::Send,
+            state: "waiting".into(),
+            peer_addr: listen.clone(),
+            resume_secret: None,
+            manifest: String::from_utf8_lossy(&offer.manifest.encode()).into_owned(),
+            dest_dir: None,
+            peer_name: String::new(),
+            total_bytes: offer.manifest.total_bytes().unwrap_or(0),
+            path_kind: None,
+            error_kind: None,
+            error: None,
+            created: 0,
+            updated: 0,
+        };
+        let files: Vec<(u32, walk::Source)> = offer
+            .sources
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.clone().map(|s| (i as u32, s)))
+            .collect();
+        ctx.store
+            .call(move |s| {
+                s.insert_transfer(&row)?;
+                s.insert_send_files(&row.id, &files)
+            })
+            .await?;
+        // With a signaling server, the server hands out the nameplate; otherwise any
+        // random number does (it only has to match on both ends).
+        let (code, link) = match &ctx.signal {
+            Some(url) => {
+                let link = SignalLink::connect(url, &ctx.config.device_name).await?;
+                match pairing::allocate_code(&link).await {
+                    Ok((code, nameplate)) => (code, Some((link, nameplate))),
+                    Err(e) => {
+                        link.shutdown().await;
+                        return Err(e);
+                    }
+                }
+            }
+            None => {
+                let mut rng = rand::thread_rng();
+                let code = ShareCode::generate(&ShareCode::random_nameplate(&mut rng), &mut rng)
+                    .map_err(|e| Error::BadCode {
+                        reason: e.to_string(),
+                    })?;
+                (code, None)
+            }
+        };
+        Ok::<_, Error>((offer, listener, listen, lock, code, link))
+    }
+    .await;
+    let (offer, listener, listen, lock, code, link) = match prepared {
         Ok(p) => p,
         Err(e) => {
             let _ = reply.send(Err(e));
@@ -144,9 +161,53 @@ pub(crate) async fn send(
         listen,
         skipped: offer.skipped,
     }));
-    let outcome = seed(&ctx, &id, listener, Some(code), &cancel).await;
+    let outcome = match link {
+        None => seed(&ctx, &id, listener, Some(code), &cancel).await,
+        Some((link, nameplate)) => {
+            seed_paired(&ctx, &id, listener, link, nameplate, code, &cancel).await
+        }
+    };
     drop(lock);
     ctx.finished(&id, outcome).await;
+}
+
+/// A sender paired through the signaling server: the code's PAKE runs over the relay and
+/// stores the resume secret, while the listener waits for the receiver's authenticated
+/// (resume-keyed) direct connection.
+async fn seed_paired(
+    ctx: &Ctx,
+    id: &str,
+    listener: TcpListener,
+    mut link: SignalLink,
+    nameplate: skiff_proto::signal::Nameplate,
+    code: ShareCode,
+    cancel: &CancellationToken,
+) -> Outcome {
+    let addrs = listener
+        .local_addr()
+        .map(|a| pairing::local_addrs(&a))
+        .unwrap_or_default();
+    let pair = async {
+        let r = pairing::sender_pair(&mut link, &nameplate, &code, addrs, cancel).await;
+        link.shutdown().await;
+        let secret = r?;
+        let id2 = id.to_owned();
+        ctx.store
+            .call(move |s| s.set_session(&id2, &secret, "direct"))
+            .await
+    };
+    let serving = seed(ctx, id, listener, None, cancel);
+    tokio::pin!(pair, serving);
+    let mut paired = false;
+    loop {
+        tokio::select! {
+            outcome = &mut serving => return outcome,
+            r = &mut pair, if !paired => match r {
+                Ok(()) => paired = true,
+                Err(e) => return fail(ctx, id, e).await,
+            },
+        }
+    }
 }
 
 async fn send_ctx(ctx: &Ctx, id: &str, cancel: &CancellationToken) -> Result<SendCtx> {
@@ -452,6 +513,48 @@ pub(crate) async fn receive(
     ctx.finished(&id, outcome).await;
 }
 
+/// Receiver, direct mode: dial the sender and run the code's PAKE on that connection.
+async fn direct_channel(addr: &str, code: &ShareCode) -> Result<(Channel, crate::crypto::Secret)> {
+    let conn = tokio::time::timeout(session::HANDSHAKE_TIMEOUT, tcp::dial(addr))
+        .await
+        .map_err(|_| Error::Timeout {
+            what: "connecting to the sender",
+        })??;
+    session::dial_pake(conn, code).await
+}
+
+/// Receiver, signaling mode: the code's PAKE over the signaling relay gives the resume
+/// secret and the sender's addresses; the direct connection then authenticates with it.
+async fn paired_channel(
+    ctx: &Ctx,
+    url: &str,
+    code: &ShareCode,
+) -> Result<(Channel, crate::crypto::Secret, String)> {
+    let mut link = SignalLink::connect(url, &ctx.config.device_name).await?;
+    let paired = pairing::receiver_pair(&mut link, code).await;
+    link.shutdown().await;
+    let (secret, addrs, _signal_channel) = paired?;
+    let mut last = Error::protocol("the sender offered no address");
+    for addr in addrs {
+        let dialed = tokio::time::timeout(Duration::from_secs(3), tcp::dial(&addr)).await;
+        let conn = match dialed {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                last = e;
+                continue;
+            }
+            Err(_) => {
+                last = Error::Timeout {
+                    what: "connecting to the sender",
+                };
+                continue;
+            }
+        };
+        return Ok((session::dial_resume(conn, &secret).await?, secret, addr));
+    }
+    Err(last)
+}
+
 /// The first session: code, offer, decision, layout. Errors before the transfer exists
 /// are `Err`; later ones are returned with the id so they can be resumed or reported.
 async fn receive_first(
@@ -464,12 +567,13 @@ async fn receive_first(
     let code = ShareCode::parse(code).map_err(|e| Error::BadCode {
         reason: e.to_string(),
     })?;
-    let conn = tokio::time::timeout(session::HANDSHAKE_TIMEOUT, tcp::dial(&opts.connect))
-        .await
-        .map_err(|_| Error::Timeout {
-            what: "connecting to the sender",
-        })??;
-    let (mut ch, secret) = session::dial_pake(conn, &code).await?;
+    let (mut ch, secret, peer_addr) = match &ctx.signal {
+        Some(url) => paired_channel(ctx, url, &code).await?,
+        None => {
+            let (ch, secret) = direct_channel(&opts.connect, &code).await?;
+            (ch, secret, opts.connect.clone())
+        }
+    };
     let (id, sender, manifest) = match read_offer(&mut ch).await {
         Ok(o) => o,
         Err(e) => {
@@ -545,7 +649,7 @@ async fn receive_first(
             id.clone(),
             manifest.clone(),
             dir.clone(),
-            opts.connect.clone(),
+            peer_addr,
             ch.path.as_str().to_owned(),
             ctx.config.data_dir.clone(),
         );

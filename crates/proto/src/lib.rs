@@ -11,6 +11,7 @@ pub mod frame;
 pub mod handshake;
 pub mod manifest;
 pub mod peer;
+pub mod rendezvous;
 pub mod signal;
 
 pub use error::ProtoError;

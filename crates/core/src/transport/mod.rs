@@ -5,6 +5,7 @@
 //! Must not: look inside frames, buffer without bound, or accept a frame over `max`.
 
 pub mod mem;
+pub mod relay;
 pub mod tcp;
 pub mod webrtc;
 
@@ -34,6 +35,8 @@ pub enum PathKind {
     Lan,
     Direct,
     Memory,
+    /// Through the signaling server's relay: handshakes and path offers only, never data.
+    Relay,
     /// Relayed by a TURN server reached over UDP, TCP or TLS.
     TurnUdp,
     TurnTcp,
@@ -46,6 +49,7 @@ impl PathKind {
             PathKind::Lan => "lan",
             PathKind::Direct => "direct",
             PathKind::Memory => "memory",
+            PathKind::Relay => "relay",
             PathKind::TurnUdp => "turn-udp",
             PathKind::TurnTcp => "turn-tcp",
             PathKind::TurnTls => "turn-tls",
