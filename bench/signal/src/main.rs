@@ -15,12 +15,33 @@ use futures_util::{SinkExt, StreamExt};
 use skiff_proto::signal::{
     ClientMsg, DeviceId, Nameplate, PeerId, SealedBlob, ServerMsg, SpaceName,
 };
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpSocket;
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-type Ws = WebSocketStream<TcpStream>;
+/// Plain TCP or TLS, behind one type.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+type Ws = WebSocketStream<Box<dyn Io>>;
+
+/// Set once from `--tls CERT.pem`: connect with TLS, trusting that certificate.
+static TLS: std::sync::OnceLock<tokio_rustls::TlsConnector> = std::sync::OnceLock::new();
+
+fn tls_connector(cert_pem: &str) -> Result<tokio_rustls::TlsConnector> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(cert_pem)? {
+        roots.add(cert?)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
 
 const STEP: Duration = Duration::from_secs(10);
 
@@ -57,6 +78,9 @@ fn parse_args() -> Result<Args> {
             "--pair-secs" => a.pair_secs = v.parse::<u64>()?.min(60),
             "--rate" => a.rate = v.parse()?,
             "--relay-secs" => a.relay_secs = v.parse::<u64>()?.min(60),
+            "--tls" => {
+                let _ = TLS.set(tls_connector(v)?);
+            }
             _ => bail!("unknown flag {k}"),
         }
     }
@@ -78,11 +102,18 @@ async fn connect(addr: SocketAddr, i: usize) -> Result<Ws> {
     socket.bind(SocketAddr::new(source(i), 0))?;
     let tcp = timeout(STEP, socket.connect(addr)).await??;
     tcp.set_nodelay(true)?;
-    let (ws, _) = timeout(
-        STEP,
-        tokio_tungstenite::client_async(format!("ws://{addr}/ws"), tcp),
-    )
-    .await??;
+    let (io, url): (Box<dyn Io>, String) = match TLS.get() {
+        None => (Box::new(tcp), format!("ws://{addr}/ws")),
+        Some(tls) => {
+            let name = rustls::pki_types::ServerName::try_from("localhost")?;
+            let stream = timeout(STEP, tls.connect(name, tcp)).await??;
+            (
+                Box::new(stream),
+                format!("wss://localhost:{}/ws", addr.port()),
+            )
+        }
+    };
+    let (ws, _) = timeout(STEP, tokio_tungstenite::client_async(url, io)).await??;
     Ok(ws)
 }
 
