@@ -403,8 +403,10 @@ mod tests {
 
     #[test]
     fn forwarded_for_is_read_right_to_left_and_only_behind_trusted_proxies() {
-        let mut config = Config::default();
-        config.trusted_proxies = vec!["10.0.0.0/8".parse().unwrap()];
+        let config = Config {
+            trusted_proxies: vec!["10.0.0.0/8".parse().unwrap()],
+            ..Config::default()
+        };
         let mut h = hyper::HeaderMap::new();
         h.append(
             "x-forwarded-for",
