@@ -76,7 +76,9 @@ impl DestDir {
         }
         Ok(Self {
             root,
-            path: path.to_owned(),
+            // Stored in the checkpoint: a relative path would resume elsewhere when
+            // `skiff resume` runs from another working directory.
+            path: std::path::absolute(path).unwrap_or_else(|_| path.to_owned()),
         })
     }
 

@@ -364,3 +364,51 @@ fn both_sides_killed_resume_to_identical_file() {
     assert_eq!(done_sha(&done, "both.bin"), want);
     assert_eq!(sha256_file(&out.join("both.bin")), want);
 }
+
+#[test]
+fn resume_from_another_directory_keeps_the_destination() {
+    let _g = heavy();
+    let t = tempdir();
+    let (s_data, r_data) = (t.path().join("S"), t.path().join("R"));
+    let (work, elsewhere) = (t.path().join("work"), t.path().join("elsewhere"));
+    fs::create_dir_all(work.join("out")).unwrap();
+    fs::create_dir_all(&elsewhere).unwrap();
+    let src = t.path().join("rel.bin");
+    let want = write_random(&src, 96 * MIB, 77);
+    let port = free_port();
+    let (mut s, code, id) = send(&s_data, port, &[&src]);
+    // A relative --dir, resolved against the receiver's working directory.
+    let addr = format!("127.0.0.1:{port}");
+    let args = ["receive", "--direct", &addr, "--dir", "out", "--yes"];
+    let mut r = Proc::spawn_in(
+        Some(&work),
+        "receiver",
+        &r_data,
+        &args,
+        &[("SKIFF_CODE", &code)],
+        None,
+    );
+    r.wait_for("data flowing", secs(60), |e| {
+        ev_is(e, "progress") && bytes_of(e) > 0
+    });
+    r.kill9();
+    assert!(r.events("done").is_empty(), "finished before the kill");
+    let mut r = Proc::spawn_in(
+        Some(&elsewhere),
+        "receiver(resumed elsewhere)",
+        &r_data,
+        &["resume", &id, "--wait", "60"],
+        &[],
+        None,
+    );
+    r.wait_event("done", secs(90));
+    r.expect_success(secs(30));
+    s.expect_success(secs(30));
+    assert_eq!(sha256_file(&work.join("out").join("rel.bin")), want);
+    assert_empty_dir(&elsewhere);
+    let names: Vec<_> = fs::read_dir(work.join("out"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names.len(), 1, "no part file left behind: {names:?}");
+}

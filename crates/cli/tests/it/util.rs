@@ -206,6 +206,18 @@ impl Proc {
         envs: &[(&str, &str)],
         stdin: Option<&str>,
     ) -> Proc {
+        Self::spawn_in(None, name, data, args, envs, stdin)
+    }
+
+    /// Like [`Proc::spawn`], in the working directory `cwd`.
+    pub fn spawn_in(
+        cwd: Option<&Path>,
+        name: &str,
+        data: &Path,
+        args: &[&str],
+        envs: &[(&str, &str)],
+        stdin: Option<&str>,
+    ) -> Proc {
         let mut argv: Vec<String> = vec![
             "--data-dir".into(),
             data.display().to_string(),
@@ -226,6 +238,9 @@ impl Proc {
             });
         for (k, v) in envs {
             cmd.env(k, v);
+        }
+        if let Some(dir) = cwd {
+            cmd.current_dir(dir);
         }
         let mut child = cmd.spawn().expect("spawning skiff");
         if let Some(text) = stdin {
