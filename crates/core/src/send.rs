@@ -300,7 +300,8 @@ fn open_source(row: &SendFileRow) -> Result<std::fs::File> {
         .custom_flags(libc::O_NOFOLLOW)
         .open(&row.src_path)
         .map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
+            // Gone, or replaced by a symlink (O_NOFOLLOW): not the file that was offered.
+            if e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ELOOP) {
                 Error::SourceChanged { path: path.clone() }
             } else {
                 Error::io(format!("opening {path}"), e)

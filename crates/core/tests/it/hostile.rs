@@ -78,7 +78,7 @@ fn done_paths(out: &Outcome) -> Vec<String> {
 
 #[tokio::test]
 async fn refuses_parent_components() {
-    let env = Env::new().await;
+    let mut env = Env::new().await;
     refused_paths(
         &env,
         &[
@@ -91,6 +91,9 @@ async fn refuses_parent_components() {
         "`..` component",
     )
     .await;
+    // No transfer was recorded, and the checkpoint store reopens.
+    env.restart().await;
+    assert!(env.node.list().await.unwrap().is_empty());
     env.assert_normal_transfer_works().await;
 }
 

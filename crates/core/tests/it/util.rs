@@ -257,7 +257,6 @@ impl Env {
     pub fn opts(&self, addr: &str, reconnect_for: Duration) -> ReceiveOptions {
         ReceiveOptions {
             connect: addr.to_owned(),
-            signal: None,
             dir: Some(self.dest.clone()),
             auto_accept: true,
             reconnect_for,
@@ -303,7 +302,6 @@ impl Env {
                 vec![src],
                 skiff_core::SendOptions {
                     listen: "127.0.0.1:0".into(),
-                    signal: None,
                 },
             ),
         )
