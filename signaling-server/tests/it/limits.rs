@@ -186,7 +186,7 @@ async fn a_flood_is_limited_then_closed_after_three_seconds() {
     let to = victim.peer_id.clone();
     let counter = tokio::spawn(async move {
         let mut got = 0u32;
-        while let Ok(Some(Ok(m))) = timeout(Duration::from_secs(6), victim.ws.next()).await {
+        while let Ok(Some(Ok(m))) = timeout(Duration::from_secs(1), victim.ws.next()).await {
             if let Message::Text(t) = m {
                 if matches!(ServerMsg::decode(t.as_str()), Ok(ServerMsg::Message { .. })) {
                     got += 1;
