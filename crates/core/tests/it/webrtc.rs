@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 
 use skiff_core::session;
 use skiff_core::transport::webrtc::{
-    connect, CandidateKind, RtcConfig, RtcConn, RtcRole, RtcSignal, MESSAGE_SIZE,
+    connect, CandidateKind, RelayProtocol, RtcConfig, RtcConn, RtcRole, RtcSignal, MESSAGE_SIZE,
 };
 use skiff_core::transport::{Conn, PathKind};
 use skiff_core::{Error, Result};
@@ -422,4 +422,104 @@ async fn throughput() {
         total as f64 / secs / 1e6,
         cpu / (mib as f64 / 1024.0),
     );
+}
+
+/// A coturn (`turnserver`) on a loopback port with one long-term user, killed on drop.
+struct Coturn {
+    child: std::process::Child,
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for Coturn {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Coturn {
+    /// None (and a note on stderr) when coturn is not installed.
+    fn start() -> Option<Coturn> {
+        let Some(bin) = ["/usr/bin/turnserver", "/usr/local/bin/turnserver"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+        else {
+            eprintln!("coturn not installed: skipping the TURN test");
+            return None;
+        };
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir =
+            std::env::temp_dir().join(format!("skiff-rtc-coturn-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let child = std::process::Command::new(bin)
+            .args(["-n", "--listening-ip=127.0.0.1", "--relay-ip=127.0.0.1"])
+            .arg(format!("--listening-port={port}"))
+            .args([
+                "--lt-cred-mech",
+                "--user=skiff:s3cret",
+                "--realm=skiff.test",
+            ])
+            // Both relayed addresses are on 127.0.0.1: let coturn relay between them.
+            .args([
+                "--allow-loopback-peers",
+                "--no-tls",
+                "--no-dtls",
+                "--no-cli",
+            ])
+            .args(["--min-port=51000", "--max-port=51500"])
+            .arg(format!("--pidfile={}", dir.join("pid").display()))
+            .arg(format!("--db={}", dir.join("turndb").display()))
+            .args(["--log-file=stdout", "--simple-log"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        Some(Coturn { child, port, dir })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_only_goes_through_turn_and_reports_turn_udp() {
+    let Some(turn) = Coturn::start() else {
+        return;
+    };
+    // Give coturn a moment to bind.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let cfg = RtcConfig {
+        ice_servers: vec![skiff_core::transport::webrtc::IceServer {
+            urls: vec![format!("turn:127.0.0.1:{}?transport=udp", turn.port)],
+            username: "skiff".to_owned(),
+            credential: "s3cret".to_owned(),
+        }],
+        relay_only: true,
+        ..loopback()
+    };
+    let p = connect_pair(&cfg, WAIT, Arc::new(|s| s)).await;
+    let mut a = p.offerer.unwrap();
+    let mut b = p.answerer.unwrap();
+    for c in [&a, &b] {
+        assert_eq!(
+            c.pair.local,
+            CandidateKind::Relay(RelayProtocol::Udp),
+            "{:?}",
+            c.pair
+        );
+        assert!(matches!(c.pair.remote, CandidateKind::Relay(_)));
+        assert_eq!(c.conn.path, PathKind::TurnUdp);
+        assert_eq!(c.conn.path.as_str(), "turn-udp");
+    }
+    let f = data(1 << 20, 4);
+    a.conn.sink.send(f.clone()).await.unwrap();
+    let got = within("via turn", b.conn.stream.recv(MAX_FRAME)).await;
+    assert!(got.unwrap().unwrap() == f);
+    // No 2 s relay acceptance wait when only relays can exist.
+    assert!(a.setup_time < Duration::from_secs(10), "{:?}", a.setup_time);
+    println!("relayed setup {:?}: {:?}", a.setup_time, a.pair);
 }

@@ -325,8 +325,8 @@ pub async fn connect(
         .map_err(|e| webrtc_err("reading the selected candidate pair", e))?
         .ok_or_else(|| Error::protocol("WebRTC: no selected candidate pair"))?;
     let pair = SelectedPair {
-        local: kind(pair.local()),
-        remote: kind(pair.remote()),
+        local: kind(pair.local(), true),
+        remote: kind(pair.remote(), false),
         local_addr: addr(pair.local()),
         remote_addr: addr(pair.remote()),
     };
@@ -437,6 +437,11 @@ async fn build(
                 MESSAGE_SIZE as u32,
             ),
         );
+    if cfg.relay_only {
+        // Nothing better than a relay can turn up: nominate the first working pair instead
+        // of waiting out ICE's 2 s relay acceptance delay.
+        settings = settings.with_relay_acceptance_min_wait(Some(Duration::ZERO));
+    }
     if let Some(w) = cfg.sctp_receive_window {
         settings = settings.with_sctp_max_receive_buffer_size(w);
     }
@@ -842,19 +847,22 @@ impl FrameStream for Stream {
     }
 }
 
-fn kind(c: &RTCIceCandidate) -> CandidateKind {
+fn kind(c: &RTCIceCandidate, local: bool) -> CandidateKind {
     match c.typ {
         RTCIceCandidateType::Host => CandidateKind::Host,
         RTCIceCandidateType::Srflx => CandidateKind::ServerReflexive,
         RTCIceCandidateType::Prflx => CandidateKind::PeerReflexive,
-        RTCIceCandidateType::Relay => CandidateKind::Relay(relay_protocol(c)),
+        RTCIceCandidateType::Relay => CandidateKind::Relay(relay_protocol(c, local)),
         _ => CandidateKind::Unknown,
     }
 }
 
-/// The transport of a relay candidate's TURN leg. `rtc` 0.21.1 leaves `relay_protocol`
-/// unset when it converts its candidates, so the TURN URL the candidate came from decides.
-fn relay_protocol(c: &RTCIceCandidate) -> RelayProtocol {
+/// The transport of a relay candidate's TURN leg. `rtc` 0.21.1 sets neither
+/// `relay_protocol` nor `url` on the candidates of the selected pair, so for our own relay
+/// candidate the answer is UDP: the 0.21.1 TURN client allocates over UDP only (it skips
+/// `turns:` and `?transport=tcp` URLs, webrtc `turn_relayer.rs`). The fields are still read
+/// first, for when a later version fills them in.
+fn relay_protocol(c: &RTCIceCandidate, local: bool) -> RelayProtocol {
     use rtc::peer_connection::transport::RTCIceServerTransportProtocol as P;
     match c.relay_protocol {
         P::Udp => return RelayProtocol::Udp,
@@ -863,17 +871,19 @@ fn relay_protocol(c: &RTCIceCandidate) -> RelayProtocol {
         _ => {}
     }
     let Some(url) = c.url.as_deref() else {
-        return RelayProtocol::Unknown;
+        return if local {
+            RelayProtocol::Udp
+        } else {
+            RelayProtocol::Unknown
+        };
     };
     let url = url.to_ascii_lowercase();
     if url.starts_with("turns:") || url.contains("transport=tls") {
         RelayProtocol::Tls
     } else if url.contains("transport=tcp") {
         RelayProtocol::Tcp
-    } else if url.starts_with("turn:") {
-        RelayProtocol::Udp
     } else {
-        RelayProtocol::Unknown
+        RelayProtocol::Udp
     }
 }
 
