@@ -345,6 +345,33 @@ impl Session<'_> {
                 Ok(Some(Err(e))) => return read_error(&e, metrics),
                 Ok(Some(Ok(m))) => m,
             };
+            // Data frames and pings count against the rate (a ping flood costs CPU too).
+            if matches!(
+                msg,
+                Message::Text(_) | Message::Binary(_) | Message::Ping(_)
+            ) {
+                Metrics::inc(&metrics.messages_received);
+                match gate.check(Instant::now()) {
+                    Gate::Pass => {}
+                    Gate::Drop { first } => {
+                        metrics.reject(Reason::RateLimited);
+                        if first {
+                            self.link.push(&ServerMsg::error(
+                                ErrorCode::RateLimited,
+                                format!(
+                                    "more than {} messages per second: messages are dropped",
+                                    limits.messages_per_sec
+                                ),
+                            ));
+                        }
+                        continue;
+                    }
+                    Gate::Close => {
+                        metrics.reject(Reason::Flood);
+                        return End::Close(close::POLICY, "message rate exceeded");
+                    }
+                }
+            }
             let text = match msg {
                 Message::Text(t) => t,
                 Message::Close(_) => return End::ClientClosed,
@@ -359,27 +386,6 @@ impl Session<'_> {
                 // Pings are answered by the WebSocket layer; any frame counts as life.
                 Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
             };
-            Metrics::inc(&metrics.messages_received);
-            match gate.check(Instant::now()) {
-                Gate::Pass => {}
-                Gate::Drop { first } => {
-                    metrics.reject(Reason::RateLimited);
-                    if first {
-                        self.link.push(&ServerMsg::error(
-                            ErrorCode::RateLimited,
-                            format!(
-                                "more than {} messages per second: messages are dropped",
-                                limits.messages_per_sec
-                            ),
-                        ));
-                    }
-                    continue;
-                }
-                Gate::Close => {
-                    metrics.reject(Reason::Flood);
-                    return End::Close(close::POLICY, "message rate exceeded");
-                }
-            }
             match ClientMsg::decode(text.as_str()) {
                 Ok(msg) => self.handle(msg),
                 Err(e) => {

@@ -474,3 +474,37 @@ async fn global_cap_sheds_new_connections_and_keeps_existing_ones() {
     assert!(counted);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_ping_flood_counts_against_the_rate_too() {
+    let mut config = roomy();
+    config.limits.flood_close_after_secs = 0.5;
+    let server = start(config).await;
+    let c = Client::connect(server.addr, "pinger").await;
+    let (mut sink, mut stream) = c.ws.split();
+    let started = Instant::now();
+    let writer = tokio::spawn(async move {
+        while started.elapsed() < Duration::from_secs(5) {
+            for _ in 0..50 {
+                if sink.feed(Message::Ping(Default::default())).await.is_err() {
+                    return;
+                }
+            }
+            if sink.flush().await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    let code = loop {
+        match timeout(WAIT, stream.next()).await.unwrap() {
+            Some(Ok(Message::Close(f))) => break f.map(|f| u16::from(f.code)),
+            Some(Ok(_)) => {}
+            _ => break None,
+        }
+    };
+    writer.abort();
+    assert_eq!(code, Some(close::POLICY));
+    assert!(started.elapsed() < Duration::from_secs(3));
+    server.stop().await;
+}
