@@ -523,3 +523,55 @@ async fn relay_only_goes_through_turn_and_reports_turn_udp() {
     assert!(a.setup_time < Duration::from_secs(10), "{:?}", a.setup_time);
     println!("relayed setup {:?}: {:?}", a.setup_time, a.pair);
 }
+
+/// Not a timed test: the engine's sealed channel (PAKE session, AES-256-GCM per frame)
+/// over WebRTC, 1 MiB frames. `cargo test -p skiff-core --test it webrtc::throughput_sealed
+/// -- --ignored --nocapture` (SKIFF_RTC_MIB, default 512).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark; run by hand"]
+async fn throughput_sealed() {
+    let mib: usize = std::env::var("SKIFF_RTC_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(512);
+    let (a, b) = pair().await;
+    let code = ShareCode::parse("42-river-olive-kitten").unwrap();
+    let dial_code = code.clone();
+    let dial = tokio::spawn(async move { session::dial_pake(a.conn, &dial_code).await });
+    let mut sender_conn = b.conn;
+    let DialHello::Pake { msg, .. } = session::read_hello(&mut sender_conn).await.unwrap() else {
+        panic!("not a PAKE hello")
+    };
+    let (mut s, _) = session::accept_pake(sender_conn, &code, &msg)
+        .await
+        .unwrap();
+    let (mut r, _) = dial.await.unwrap().unwrap();
+    let body = data(1 << 20, 5);
+    let cpu0 = cpu_seconds();
+    let t0 = Instant::now();
+    let send = async {
+        for _ in 0..mib {
+            let mut frame = session::frame_buffer(body.len() + 1);
+            frame.push(skiff_proto::frame::KIND_CONTROL);
+            frame.extend_from_slice(&body);
+            s.tx.send_frame(frame).await.unwrap();
+        }
+        s.tx.close().await;
+    };
+    let recv = async {
+        let mut got = 0usize;
+        while let Some(f) = r.rx.recv().await.unwrap() {
+            got += f.len() - COUNTER_LEN - 1;
+        }
+        got
+    };
+    let ((), got) = tokio::join!(send, recv);
+    let secs = t0.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu0;
+    assert_eq!(got, mib << 20);
+    println!(
+        "SEALED {mib} MiB in {secs:.2} s = {:.1} MB/s; CPU {cpu:.2} s both peers ({:.2} CPU-s/GiB)",
+        (mib << 20) as f64 / secs / 1e6,
+        cpu / (mib as f64 / 1024.0),
+    );
+}
