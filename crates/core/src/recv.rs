@@ -332,7 +332,17 @@ async fn send_msg(ch: &mut Channel, m: &ReceiverMsg) -> Result<()> {
 /// Maps an error the sender reported to ours.
 pub fn remote_error(kind: String, message: String) -> Error {
     match kind.as_str() {
-        "source_changed" => Error::SourceChanged { path: message },
+        "source_changed" => {
+            // The message is the sender's whole sentence; keep only its path.
+            let prefix = Error::SourceChanged {
+                path: String::new(),
+            }
+            .to_string();
+            let path = message.strip_prefix(prefix.as_str()).unwrap_or(&message);
+            Error::SourceChanged {
+                path: path.to_owned(),
+            }
+        }
         "cancelled" => Error::Cancelled,
         _ => Error::Remote { kind, message },
     }

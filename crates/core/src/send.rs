@@ -88,6 +88,11 @@ pub async fn serve(ch: Channel, ctx: &SendCtx) -> Result<()> {
         };
         if let Some(m) = msg {
             let _ = tx.send_control(&m.encode()).await;
+            tx.close().await;
+            // Let the receiver read why before the socket goes: closing it with the
+            // receiver's messages unread resets the connection, and ours is lost.
+            let drain = async { while frames.recv().await.is_some() {} };
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), drain).await;
         }
     }
     tx.close().await;

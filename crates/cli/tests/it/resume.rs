@@ -412,3 +412,51 @@ fn resume_from_another_directory_keeps_the_destination() {
         .collect();
     assert_eq!(names.len(), 1, "no part file left behind: {names:?}");
 }
+
+#[test]
+fn changed_source_is_reported_on_both_sides() {
+    let _g = heavy();
+    let t = tempdir();
+    let (s_data, r_data, out) = (t.path().join("S"), t.path().join("R"), t.path().join("out"));
+    fs::create_dir_all(&out).unwrap();
+    let src = t.path().join("draft.bin");
+    write_random(&src, 96 * MIB, 5);
+    let port = free_port();
+    let (mut s, code, id) = send(&s_data, port, &[&src]);
+    let mut r = receive(&r_data, port, &out, &code, CodeVia::Env);
+    r.wait_for("data flowing", secs(60), |e| {
+        ev_is(e, "progress") && bytes_of(e) > 0
+    });
+    r.kill9();
+    assert!(r.events("done").is_empty(), "finished before the kill");
+    // The user edits the file meanwhile (same size, new bytes near the end).
+    {
+        use std::os::unix::fs::FileExt;
+        let f = fs::OpenOptions::new().write(true).open(&src).unwrap();
+        f.write_all_at(b"edited", 90 * MIB).unwrap();
+    }
+    let mut r = resume("receiver(resumed)", &r_data, Some(&id), Some(30));
+    // The receiver learns why (and stops retrying), quickly.
+    let started = Instant::now();
+    let r_err = r.wait_for("a source_changed error", secs(20), |e| {
+        ev_is(e, "error") && e["kind"] == "source_changed"
+    });
+    let st = r.wait_exit(secs(10));
+    assert!(!st.success(), "{}", r.dump());
+    assert!(started.elapsed() < secs(10), "took {:?}", started.elapsed());
+    let msg = r_err["message"].as_str().unwrap();
+    assert_eq!(
+        msg.matches("changed").count(),
+        1,
+        "the message says it once: {msg}"
+    );
+    let s_err = s.wait_for("source_changed", secs(30), |e| {
+        ev_is(e, "error") && e["kind"] == "source_changed"
+    });
+    assert_eq!(s_err["transfer"], id.as_str());
+    assert!(!s.wait_exit(secs(30)).success(), "{}", s.dump());
+    assert!(
+        !out.join("draft.bin").exists(),
+        "a file that cannot be verified is never put in place"
+    );
+}
