@@ -440,3 +440,63 @@ async fn sender_ignoring_credit_is_held_back_by_backpressure() {
     assert_eq!(std::fs::read(env.dest.join("flood.bin")).unwrap(), data);
     env.assert_outside_untouched();
 }
+
+#[tokio::test]
+async fn resume_with_a_swapped_offer_is_refused() {
+    // The first session is accepted and breaks (a replayed frame); on resume the sender
+    // offers other names, sizes or another transfer id. The receiver checks the offer
+    // against its checkpoint and refuses: nothing is written under the new names.
+    let mut env = Env::new().await;
+    let data = bytes(2 * MIB, 7);
+    let m1 = manifest(vec![file("a.txt", data.len() as u64)]);
+    let swaps = [
+        (
+            manifest(vec![file("../../a.txt", data.len() as u64)]),
+            false,
+        ),
+        (manifest(vec![file("a.txt", 3 * MIB as u64)]), false),
+        (manifest(vec![dir("a.txt"), file("a.txt/x", 1)]), false),
+        (m1.clone(), true),
+    ];
+    for (n, (m2, other_id)) in swaps.into_iter().enumerate() {
+        let l = hostile_sender().await;
+        let (code, addr) = (l.code.clone(), l.addr.clone());
+        let (d, m) = (data.clone(), m1.clone());
+        let script = tokio::spawn(async move {
+            let mut s = l.accept_one(&l.code).await?;
+            s.offer(&m).await?;
+            s.accepted().await?;
+            s.chunk(0, 0, &d[..MIB]).await?;
+            s.tap.set(|f| vec![f.clone(), f]);
+            s.chunk(0, 1, &d[MIB..]).await?;
+            s.tap.clear();
+            let first = s.error_kind().await;
+            let mut s2 = l.accept_resume(&s.secret).await?;
+            s2.transfer = if other_id {
+                hex::encode(rand::random::<[u8; 16]>())
+            } else {
+                s.transfer.clone()
+            };
+            s2.offer(&m2).await?;
+            Ok::<_, Error>((first, s2.error_kind().await))
+        });
+        let offer = env
+            .receive(&code, &addr, std::time::Duration::from_secs(5))
+            .await
+            .unwrap();
+        let out = env.wait(&offer.id).await;
+        let (first, second) = within("script", script).await.unwrap().unwrap();
+        assert_eq!(first.as_deref(), Some("replay"));
+        assert_eq!(second.as_deref(), Some("source_changed"), "swap {n}");
+        assert_failed(&out, "source_changed");
+        let names = listing(&env.dest);
+        assert!(
+            names.iter().all(|p| p.ends_with(".skiff-part")),
+            "swap {n}: {names:?}"
+        );
+        env.assert_outside_untouched();
+    }
+    env.restart().await;
+    let states = state_of(&env, 4).await;
+    assert!(states.iter().all(|(s, _)| s == "failed"), "{states:?}");
+}

@@ -341,3 +341,61 @@ async fn wrong_code_fails_fast_on_both_sides() {
         [t] if t.state == "failed"
     ));
 }
+
+#[tokio::test]
+async fn garbage_handshake_fails_cleanly() {
+    // A "sender" that answers the receiver's hello with junk, oversized or unexpected
+    // handshake frames: a clear error, before any name or byte is exchanged.
+    use skiff_proto::handshake::ListenHello;
+    let env = Env::new().await;
+    let replies: Vec<(Vec<u8>, &str)> = vec![
+        (b"not json".to_vec(), "protocol"),
+        (vec![b'{'; 5000], "frame_too_large"),
+        (
+            ListenHello::Resume {
+                version: 1,
+                nonce: "00".repeat(32),
+                confirm: "00".repeat(32),
+            }
+            .encode(),
+            "protocol",
+        ),
+        (
+            ListenHello::Pake {
+                version: 1,
+                msg: "zz".into(),
+                confirm: "00".repeat(32),
+            }
+            .encode(),
+            "protocol",
+        ),
+        (
+            ListenHello::Refused {
+                kind: "busy".into(),
+                message: "\u{1b}[2J\u{1b}[Hall good".into(),
+            }
+            .encode(),
+            "remote",
+        ),
+    ];
+    for (reply, kind) in replies {
+        let l = hostile_sender().await;
+        let (code, addr) = (l.code.clone(), l.addr.clone());
+        let script = tokio::spawn(async move {
+            let (stream, _) = l.listener.accept().await.unwrap();
+            let mut conn = tcp::wrap(stream);
+            let hello = session::read_hello(&mut conn).await;
+            let _ = conn.sink.send(reply).await;
+            // Hold the connection until the receiver hangs up.
+            let _ = conn.stream.recv(1 << 20).await;
+            hello.is_ok()
+        });
+        let t = Instant::now();
+        assert_err(env.receive(&code, &addr, SHORT_RECONNECT).await, kind);
+        assert!(t.elapsed() < Duration::from_secs(5));
+        assert!(within("script", script).await.unwrap());
+    }
+    assert_eq!(listing(&env.dest), Vec::<String>::new());
+    env.assert_outside_untouched();
+    assert!(env.node.list().await.unwrap().is_empty());
+}
