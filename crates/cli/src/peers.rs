@@ -17,7 +17,7 @@ use skiff_proto::signal::{DeviceId, PeerId, PeerInfo, SpaceName};
 #[derive(clap::Args, Debug)]
 pub struct PeersArgs {
     /// Signaling server, e.g. `wss://signal.example.org/ws`.
-    #[arg(long, env = "SKIFF_SIGNAL_URL", value_name = "URL")]
+    #[arg(long, env = "SKIFF_SIGNAL", value_name = "URL")]
     pub signal: String,
     /// A named space instead of "everyone behind my public address".
     #[arg(long, value_name = "NAME")]
