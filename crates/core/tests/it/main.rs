@@ -4,3 +4,4 @@ mod hostile;
 mod integrity;
 mod reverse;
 mod util;
+mod webrtc;
