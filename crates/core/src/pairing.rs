@@ -143,15 +143,17 @@ pub async fn allocate_code(link: &SignalLink) -> Result<(ShareCode, Nameplate)> 
     Ok((code, nameplate))
 }
 
-/// Sender: waits for the receiver to claim `nameplate`, runs the one PAKE attempt, and
-/// offers `tcp` addresses over the sealed channel. Returns the resume secret.
-pub async fn sender_pair(
+/// Sender: waits for the receiver to claim `nameplate`, runs the one PAKE attempt, hands
+/// the resume secret to `keep` (which must make the listener accept it), and only then
+/// offers `tcp` addresses over the sealed channel.
+pub async fn sender_pair<F: Future<Output = Result<()>>>(
     link: &mut SignalLink,
     nameplate: &Nameplate,
     code: &ShareCode,
     tcp: Vec<String>,
+    keep: impl FnOnce(Secret) -> F,
     cancel: &CancellationToken,
-) -> Result<Secret> {
+) -> Result<()> {
     let peer = tokio::time::timeout(CLAIM_TIMEOUT, async {
         loop {
             tokio::select! {
@@ -198,10 +200,10 @@ pub async fn sender_pair(
                         Error::CodeMismatch
                     }
                 })?;
+        keep(secret).await?;
         ch.tx
             .send_control(&SenderSignal::Paths { tcp }.encode())
-            .await?;
-        Ok(secret)
+            .await
     };
     let result = link.routed(&peer, nameplate, &inbox_tx, work).await;
     let _ = link.client.release(nameplate.clone()).await;

@@ -188,13 +188,18 @@ async fn seed_paired(
         .map(|a| pairing::local_addrs(&a))
         .unwrap_or_default();
     let pair = async {
-        let r = pairing::sender_pair(&mut link, &nameplate, &code, addrs, cancel).await;
+        // The secret is stored before the receiver learns where to connect.
+        let keep = |secret: crate::crypto::Secret| {
+            let id2 = id.to_owned();
+            async move {
+                ctx.store
+                    .call(move |s| s.set_session(&id2, &secret, "direct"))
+                    .await
+            }
+        };
+        let r = pairing::sender_pair(&mut link, &nameplate, &code, addrs, keep, cancel).await;
         link.shutdown().await;
-        let secret = r?;
-        let id2 = id.to_owned();
-        ctx.store
-            .call(move |s| s.set_session(&id2, &secret, "direct"))
-            .await
+        r
     };
     let serving = seed(ctx, id, listener, None, cancel);
     tokio::pin!(pair, serving);

@@ -3,5 +3,6 @@
 mod errors;
 mod resume;
 mod security;
+mod signaling;
 mod transfer;
 mod util;
