@@ -81,6 +81,14 @@ pub async fn serve(ch: Channel, ctx: &SendCtx) -> Result<()> {
             | Error::Remote { .. }
             | Error::Declined
             | Error::Interrupted => None,
+            // The receiver learns which file, never where it lives on this computer.
+            Error::SourceChanged { path } => Some(SenderMsg::Error {
+                kind: e.code().to_owned(),
+                message: std::path::Path::new(path)
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+            }),
             other => Some(SenderMsg::Error {
                 kind: other.code().to_owned(),
                 message: other.to_string(),

@@ -450,6 +450,12 @@ fn changed_source_is_reported_on_both_sides() {
         1,
         "the message says it once: {msg}"
     );
+    assert!(msg.contains("draft.bin"), "names the file: {msg}");
+    let where_ = t.path().display().to_string();
+    assert!(
+        !msg.contains(&where_),
+        "the sender's folders stay private: {msg}"
+    );
     let s_err = s.wait_for("source_changed", secs(30), |e| {
         ev_is(e, "error") && e["kind"] == "source_changed"
     });
