@@ -225,6 +225,25 @@ pub fn load_holdings(store: &Store, id: &str, m: &Manifest, dest: &DestDir) -> R
         let dir = dest.dir(&split_dir(&row.local_dir), true)?;
         let part_name = part_name(&row.local_name);
         let chunks = store.chunks(id, idx)?;
+        if let Some(sha256) = renamed_before_crash(
+            &dir,
+            &row.local_name,
+            &part_name,
+            *size,
+            m.chunk_size,
+            &chunks,
+        )? {
+            // Killed between the rename and its record: the file is in place and verified.
+            store.file_done(id, idx, Some(&sha256), None)?;
+            h.have.push(Have {
+                file: idx,
+                complete: true,
+                chunks: String::new(),
+            });
+            h.held_bytes += size;
+            h.bits[i] = Some(vec![true; n as usize]);
+            continue;
+        }
         match DestDir::open_part(&dir, &part_name)? {
             None => {
                 store.clear_chunks(id, idx)?;
@@ -270,6 +289,44 @@ pub fn load_holdings(store: &Store, id: &str, m: &Manifest, dest: &DestDir) -> R
         h.bits[i] = Some(bits);
     }
     Ok(h)
+}
+
+/// A file whose part file is gone but whose final name holds exactly the chunks the
+/// checkpoint committed (every chunk's digest matches): it was renamed into place just
+/// before a crash. Returns its content SHA-256 (hex).
+fn renamed_before_crash(
+    dir: &std::os::fd::OwnedFd,
+    name: &str,
+    part_name: &str,
+    size: u64,
+    chunk_size: u32,
+    chunks: &[(u64, [u8; 32])],
+) -> Result<Option<String>> {
+    let n = chunk_count(size, chunk_size);
+    if chunks.len() as u64 != n || DestDir::exists(dir, part_name) {
+        return Ok(None);
+    }
+    let Some(file) = DestDir::open_part(dir, name).ok().flatten() else {
+        return Ok(None);
+    };
+    if file.metadata().map(|m| m.len()).ok() != Some(size) {
+        return Ok(None);
+    }
+    let mut content = Sha256::new();
+    let mut buf = vec![0u8; chunk_size as usize];
+    for (ci, sha) in chunks {
+        let Some(len) = chunk_len(size, chunk_size, *ci) else {
+            return Ok(None);
+        };
+        let b = &mut buf[..len as usize];
+        if file.read_exact_at(b, ci * u64::from(chunk_size)).is_err()
+            || Sha256::digest(&*b).as_slice() != sha
+        {
+            return Ok(None);
+        }
+        content.update(&*b);
+    }
+    Ok(Some(hex::encode(content.finalize())))
 }
 
 fn pack(bits: &[bool]) -> Vec<u8> {
@@ -1000,5 +1057,92 @@ fn clone_err(e: &Error) -> Error {
             context: other.to_string(),
             source: std::io::Error::other(other.code()),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Direction, TransferRow};
+
+    fn setup(t: &std::path::Path, data: &[u8]) -> (Store, DestDir, Manifest) {
+        let (store, _) = Store::open(&t.join("data")).unwrap();
+        let dest = DestDir::open(&t.join("dest")).unwrap();
+        let m = Manifest {
+            chunk_size: CHUNK_SIZE,
+            entries: vec![Entry::File {
+                path: "a.bin".into(),
+                size: data.len() as u64,
+                mode: 0o644,
+                mtime: 0,
+            }],
+        };
+        store
+            .insert_transfer(&TransferRow {
+                id: "t".into(),
+                direction: Direction::Receive,
+                state: "interrupted".into(),
+                peer_addr: String::new(),
+                resume_secret: Some([1; 32]),
+                manifest: String::from_utf8(m.encode()).unwrap(),
+                dest_dir: Some(t.join("dest").display().to_string()),
+                peer_name: String::new(),
+                total_bytes: data.len() as u64,
+                path_kind: None,
+                error_kind: None,
+                error: None,
+                created: 0,
+                updated: 0,
+            })
+            .unwrap();
+        store
+            .insert_recv_files("t", &[(0, String::new(), "a.bin".into())])
+            .unwrap();
+        let digests: Vec<(u32, u64, [u8; 32])> = data
+            .chunks(CHUNK_SIZE as usize)
+            .enumerate()
+            .map(|(i, c)| (0, i as u64, Sha256::digest(c).into()))
+            .collect();
+        store.put_chunks("t", &digests).unwrap();
+        (store, dest, m)
+    }
+
+    #[test]
+    fn a_file_renamed_just_before_a_crash_counts_as_done() {
+        let t = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..CHUNK_SIZE as usize + 10)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let (store, dest, m) = setup(t.path(), &data);
+        // The rename happened, its record did not.
+        std::fs::write(t.path().join("dest/a.bin"), &data).unwrap();
+        let h = load_holdings(&store, "t", &m, &dest).unwrap();
+        assert!(h.have[0].complete);
+        let row = &store.recv_files("t").unwrap()[0];
+        assert!(row.done);
+        assert_eq!(
+            row.sha256.as_deref(),
+            Some(hex::encode(Sha256::digest(&data)).as_str())
+        );
+    }
+
+    #[test]
+    fn another_file_under_the_final_name_is_not_taken_for_ours() {
+        let t = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..CHUNK_SIZE as usize + 10)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let (store, dest, m) = setup(t.path(), &data);
+        let mut other = data.clone();
+        other[5] ^= 1;
+        std::fs::write(t.path().join("dest/a.bin"), &other).unwrap();
+        let h = load_holdings(&store, "t", &m, &dest).unwrap();
+        assert!(!h.have[0].complete);
+        assert!(!store.recv_files("t").unwrap()[0].done);
+        assert_eq!(
+            std::fs::read(t.path().join("dest/a.bin")).unwrap(),
+            other,
+            "left untouched"
+        );
     }
 }
