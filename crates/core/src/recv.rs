@@ -211,7 +211,7 @@ pub fn load_holdings(store: &Store, id: &str, m: &Manifest, dest: &DestDir) -> R
             .get(&idx)
             .ok_or_else(|| Error::protocol("checkpoint lacks a file row"))?;
         let n = chunk_count(*size, m.chunk_size);
-        if row.done {
+        let complete = |h: &mut Holdings| {
             h.have.push(Have {
                 file: idx,
                 complete: true,
@@ -219,6 +219,9 @@ pub fn load_holdings(store: &Store, id: &str, m: &Manifest, dest: &DestDir) -> R
             });
             h.held_bytes += size;
             h.bits[i] = Some(vec![true; n as usize]);
+        };
+        if row.done {
+            complete(&mut h);
             continue;
         }
         let mut bits = vec![false; n as usize];
@@ -235,13 +238,7 @@ pub fn load_holdings(store: &Store, id: &str, m: &Manifest, dest: &DestDir) -> R
         )? {
             // Killed between the rename and its record: the file is in place and verified.
             store.file_done(id, idx, Some(&sha256), None)?;
-            h.have.push(Have {
-                file: idx,
-                complete: true,
-                chunks: String::new(),
-            });
-            h.held_bytes += size;
-            h.bits[i] = Some(vec![true; n as usize]);
+            complete(&mut h);
             continue;
         }
         match DestDir::open_part(&dir, &part_name)? {
