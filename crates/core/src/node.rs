@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::events::{DoneFile, Event, Events, OfferEntry};
-use crate::store::{Direction, Store};
+use crate::store::Store;
 use crate::{tasks, Error, Result};
 
 /// Options of a send.
@@ -449,8 +449,4 @@ impl Actor {
             }
         }
     }
-}
-
-pub(crate) fn direction_str(d: Direction) -> &'static str {
-    d.as_str()
 }

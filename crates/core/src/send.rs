@@ -336,10 +336,10 @@ fn check_identity(file: &std::fs::File, row: &SendFileRow) -> Result<()> {
     Ok(())
 }
 
-fn chunk_frame(file: u32, index: u64, len: usize) -> Vec<u8> {
+/// A zeroed chunk frame of `len` data bytes; the header is filled in after hashing.
+fn chunk_frame(len: usize) -> Vec<u8> {
     let mut frame = frame_buffer(1 + CHUNK_HEADER_LEN + len);
     frame.resize(COUNTER_LEN + 1 + CHUNK_HEADER_LEN + len, 0);
-    let _ = (file, index);
     frame
 }
 
@@ -405,11 +405,7 @@ fn read_files(
                 }
             }
             let len = chunk_len(size, m.chunk_size, index).unwrap_or(0) as usize;
-            let mut frame = if *held {
-                Vec::new()
-            } else {
-                chunk_frame(fp.file, index, len)
-            };
+            let mut frame = if *held { Vec::new() } else { chunk_frame(len) };
             let data: &mut [u8] = if *held {
                 &mut scratch[..len]
             } else {
@@ -486,7 +482,7 @@ fn read_one(m: &Manifest, sources: &[Option<SendFileRow>], file: u32, index: u64
         Error::protocol(format!("the receiver asked for chunk {index} past the end"))
     })? as usize;
     let f = open_source(row)?;
-    let mut frame = chunk_frame(file, index, len);
+    let mut frame = chunk_frame(len);
     let data_at = COUNTER_LEN + 1 + CHUNK_HEADER_LEN;
     f.read_exact_at(&mut frame[data_at..], index * u64::from(m.chunk_size))
         .map_err(|e| Error::io(format!("reading {}", row.src_path.display()), e))?;

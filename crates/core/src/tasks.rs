@@ -1004,7 +1004,7 @@ pub(crate) fn list(store: &Store) -> Result<Vec<TransferInfo>> {
         };
         out.push(TransferInfo {
             id: t.id,
-            direction: crate::node::direction_str(t.direction),
+            direction: t.direction.as_str(),
             state: t.state,
             peer: t.peer_addr,
             peer_name: t.peer_name,
