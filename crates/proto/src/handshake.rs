@@ -57,27 +57,9 @@ pub struct Confirm {
     pub confirm: String,
 }
 
-macro_rules! codec {
-    ($t:ty) => {
-        impl $t {
-            pub fn encode(&self) -> Vec<u8> {
-                serde_json::to_vec(self).unwrap_or_default()
-            }
-            pub fn decode(bytes: &[u8]) -> Result<Self, ProtoError> {
-                if bytes.len() > MAX_HANDSHAKE_FRAME {
-                    return Err(ProtoError::TooLarge {
-                        len: bytes.len(),
-                        max: MAX_HANDSHAKE_FRAME,
-                    });
-                }
-                serde_json::from_slice(bytes).map_err(ProtoError::malformed)
-            }
-        }
-    };
-}
-codec!(DialHello);
-codec!(ListenHello);
-codec!(Confirm);
+json_codec!(DialHello, MAX_HANDSHAKE_FRAME);
+json_codec!(ListenHello, MAX_HANDSHAKE_FRAME);
+json_codec!(Confirm, MAX_HANDSHAKE_FRAME);
 
 /// Decodes a hex field of exactly `N` bytes.
 pub fn hex_field<const N: usize>(text: &str) -> Result<[u8; N], ProtoError> {

@@ -5,6 +5,30 @@
 //! Must not: do I/O, hold crypto state, or depend on tokio.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+/// `encode`/`decode` for a serde JSON wire type; with `max`, longer input is refused before parsing.
+macro_rules! json_codec {
+    ($t:ty) => {
+        json_codec!($t, usize::MAX);
+    };
+    ($t:ty, $max:expr) => {
+        impl $t {
+            pub fn encode(&self) -> Vec<u8> {
+                // Plain structs and enums with string keys always serialise.
+                serde_json::to_vec(self).unwrap_or_default()
+            }
+            pub fn decode(bytes: &[u8]) -> Result<Self, $crate::ProtoError> {
+                if bytes.len() > $max {
+                    return Err($crate::ProtoError::TooLarge {
+                        len: bytes.len(),
+                        max: $max,
+                    });
+                }
+                serde_json::from_slice(bytes).map_err($crate::ProtoError::malformed)
+            }
+        }
+    };
+}
+
 pub mod code;
 pub mod error;
 pub mod frame;

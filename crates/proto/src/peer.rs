@@ -80,19 +80,6 @@ pub struct Have {
     pub chunks: String,
 }
 
-macro_rules! json_codec {
-    ($t:ty) => {
-        impl $t {
-            pub fn encode(&self) -> Vec<u8> {
-                // Plain enums with string keys always serialise.
-                serde_json::to_vec(self).unwrap_or_default()
-            }
-            pub fn decode(bytes: &[u8]) -> Result<Self, ProtoError> {
-                serde_json::from_slice(bytes).map_err(ProtoError::malformed)
-            }
-        }
-    };
-}
 json_codec!(SenderMsg);
 json_codec!(ReceiverMsg);
 
