@@ -40,7 +40,7 @@ const OFFER_TIMEOUT: Duration = Duration::from_secs(30);
 /// States a transfer can be resumed from ("waiting" senders never met a receiver: their
 /// code is gone with the process, so they cannot).
 pub(crate) fn is_resumable_state(state: &str) -> bool {
-    matches!(state, "transferring" | "interrupted")
+    matches!(state, "transferring" | "interrupted" | "paused")
 }
 
 async fn blocking<R: Send + 'static>(f: impl FnOnce() -> Result<R> + Send + 'static) -> Result<R> {
@@ -148,7 +148,7 @@ pub(crate) async fn send(
         .internal
         .send(Command::Started {
             id: id.clone(),
-            cancel: cancel.clone(),
+            running: crate::node::Running::of(&ctx, cancel.clone()),
         })
         .await;
     ctx.events.emit(Event::Code {
@@ -506,6 +506,7 @@ async fn fail(ctx: &Ctx, id: &str, e: Error) -> Outcome {
         e
     };
     let state = match e {
+        Error::Interrupted if ctx.paused.is_cancelled() => "paused",
         Error::Cancelled => "cancelled",
         Error::Declined => "declined",
         _ if e.is_resumable() => "interrupted",
@@ -727,7 +728,7 @@ async fn receive_first(
         .internal
         .send(Command::Offered {
             id: id.clone(),
-            cancel: cancel.clone(),
+            running: crate::node::Running::of(ctx, cancel.clone()),
             decision: dtx,
         })
         .await;

@@ -212,3 +212,65 @@ async fn a_restarted_receiver_meets_the_sender_at_the_rendezvous() {
     server.stop().await;
     assert_no_engine_panic();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_download_stays_paused_and_resumes_from_its_checkpoint() {
+    let t = tempfile::tempdir().unwrap();
+    let (a, b) = (t.path().join("a"), t.path().join("b"));
+    let sender = spawn_node(&a.join("state"), &a).await;
+    let receiver = spawn_node(&b.join("state"), &b).await;
+    let src = a.join("movie.bin");
+    let data = bytes(64 * 1024 * 1024, 9);
+    std::fs::write(&src, &data).unwrap();
+    let started = sender
+        .send(
+            vec![src],
+            SendOptions {
+                listen: "127.0.0.1:0".into(),
+            },
+        )
+        .await
+        .unwrap();
+    let dest = b.join("dest");
+    std::fs::create_dir_all(&dest).unwrap();
+    let mut events = receiver.events();
+    let offer = receiver
+        .receive(
+            &started.code,
+            ReceiveOptions {
+                connect: started.listen.clone(),
+                dir: Some(dest.clone()),
+                auto_accept: true,
+                reconnect_for: Duration::from_secs(30),
+            },
+        )
+        .await
+        .unwrap();
+    within("progress", async {
+        loop {
+            if let Ok(Event::Progress { bytes, .. }) = events.recv().await {
+                if bytes > 4 * 1024 * 1024 {
+                    break;
+                }
+            }
+        }
+    })
+    .await;
+    receiver.pause(&offer.id).await.unwrap();
+    let out = within("paused", receiver.wait(&offer.id)).await.unwrap();
+    assert_failed(&out, "interrupted");
+    let listed = receiver.list().await.unwrap();
+    assert_eq!(listed[0].state, "paused");
+    assert!(listed[0].held.unwrap() < data.len() as u64);
+    assert_eq!(receiver.resumable().await.unwrap(), vec![offer.id.clone()]);
+    receiver
+        .resume(&offer.id, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let out = within("resumed", receiver.wait(&offer.id)).await.unwrap();
+    assert!(matches!(out, Outcome::Done { .. }), "{out:?}");
+    assert!(std::fs::read(dest.join("movie.bin")).unwrap() == data);
+    sender.shutdown().await;
+    receiver.shutdown().await;
+    assert_no_engine_panic();
+}
