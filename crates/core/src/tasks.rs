@@ -419,19 +419,25 @@ async fn seed(
         let (id2, path) = (id.to_owned(), ch.path.as_str().to_owned());
         let recorded = ctx
             .store
-            .call(move |s| match fresh_secret {
-                Some(secret) => s.set_session(&id2, &secret, &path),
-                None => s.set_path_kind(&id2, &path),
+            .call(move |s| {
+                // A transfer still "waiting" has never had a session: this is its first.
+                let before = s.transfer(&id2)?.map(|t| t.state).unwrap_or_default();
+                match fresh_secret {
+                    Some(secret) => s.set_session(&id2, &secret, &path)?,
+                    None => s.set_path_kind(&id2, &path)?,
+                }
+                Ok(before != "waiting")
             })
             .await;
-        if let Err(e) = recorded {
-            return fail(ctx, id, e).await;
-        }
+        let resumed = match recorded {
+            Ok(r) => r,
+            Err(e) => return fail(ctx, id, e).await,
+        };
         ctx.events.emit(Event::Connected {
             transfer: id.to_owned(),
             path: ch.path.as_str().to_owned(),
             remote: ch.remote.clone(),
-            resumed: fresh_secret.is_none(),
+            resumed,
         });
         let path = ch.path.as_str().to_owned();
         set_state(&ctx.store, ctx, id, "transferring", None).await;
