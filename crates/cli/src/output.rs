@@ -122,6 +122,23 @@ impl Output {
         eprintln!("Save to {}", display_escape(&dir.display().to_string()));
     }
 
+    pub fn trusted(&self, rows: &[skiff_core::TrustedDevice]) {
+        if self.json {
+            for r in rows {
+                let mut v = serde_json::to_value(r).unwrap_or_default();
+                v["event"] = "trusted".into();
+                println!("{v}");
+            }
+            return;
+        }
+        if rows.is_empty() {
+            eprintln!("No trusted devices. Pin one with: skiff trust NAME --signal URL");
+        }
+        for r in rows {
+            println!("{}  {}", r.device, display_escape(&r.name));
+        }
+    }
+
     pub fn list(&self, rows: &[TransferInfo]) {
         if self.json {
             for r in rows {
@@ -217,7 +234,43 @@ fn human(bar: &Arc<Mutex<Option<ProgressBar>>>, e: &Event) {
             let what = if *resumed { "Reconnected" } else { "Connected" };
             say(
                 &guard,
-                format!("{what} to {} over {path}", display_escape(remote)),
+                format!(
+                    "{what} to {} over {} ({path})",
+                    display_escape(remote),
+                    path_words(path)
+                ),
+            );
+        }
+        Event::Verify {
+            peer,
+            device,
+            phrase,
+            trusted,
+            ..
+        } => {
+            let who = format!(
+                "{} (device {}…)",
+                display_escape(peer),
+                &device[..12.min(device.len())]
+            );
+            let text = if *trusted {
+                format!("Verified trusted device {who}. Phrase: {phrase}")
+            } else {
+                format!(
+                    "First contact with {who}.\n  Verification phrase: {phrase}\n  \
+                     Check that the other screen shows the same phrase; `skiff trust` pins the device."
+                )
+            };
+            say(&guard, text);
+        }
+        Event::Listening { device, name, .. } => {
+            say(
+                &guard,
+                format!(
+                    "Listening as {} (device {device}). Others send with: skiff send --to {} FILES",
+                    display_escape(name),
+                    display_escape(name)
+                ),
             );
         }
         Event::Progress { bytes, total, .. } => {
@@ -259,6 +312,16 @@ fn human(bar: &Arc<Mutex<Option<ProgressBar>>>, e: &Event) {
             say(&guard, "Interrupted; waiting to reconnect…".to_owned());
         }
         _ => {}
+    }
+}
+
+/// The connection path in words.
+fn path_words(path: &str) -> &'static str {
+    match path {
+        "lan" => "the local network",
+        "direct" => "a direct connection",
+        "turn-udp" | "turn-tcp" | "turn-tls" => "a TURN relay (end-to-end encrypted)",
+        _ => "an encrypted connection",
     }
 }
 
