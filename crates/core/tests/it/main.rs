@@ -3,5 +3,6 @@
 mod hostile;
 mod integrity;
 mod reverse;
+mod turn_tcp;
 mod util;
 mod webrtc;
