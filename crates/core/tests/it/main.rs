@@ -4,5 +4,6 @@ mod hostile;
 mod integrity;
 mod paired;
 mod reverse;
+mod turn_tcp;
 mod util;
 mod webrtc;
