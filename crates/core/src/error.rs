@@ -78,6 +78,10 @@ pub enum Error {
     NodeStopped,
     #[error("signaling server: {reason}")]
     Signal { reason: String },
+    #[error("no sender with code {nameplate} found on this network")]
+    NotOnLan { nameplate: String },
+    #[error("LAN discovery: {reason}")]
+    Lan { reason: String },
 }
 
 impl Error {
@@ -113,6 +117,8 @@ impl Error {
             Error::InvalidInput { .. } => "invalid_input",
             Error::NodeStopped => "node_stopped",
             Error::Signal { .. } => "signal",
+            Error::NotOnLan { .. } => "not_on_lan",
+            Error::Lan { .. } => "lan",
         }
     }
 

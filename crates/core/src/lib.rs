@@ -11,6 +11,7 @@ pub mod crypto;
 pub mod error;
 pub mod events;
 pub mod fsx;
+pub mod lan;
 pub mod names;
 pub mod node;
 pub mod pairing;
