@@ -2,6 +2,7 @@
 
 mod hostile;
 mod integrity;
+mod lan;
 mod reverse;
 mod util;
 mod webrtc;
