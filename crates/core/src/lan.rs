@@ -403,7 +403,8 @@ impl Browse {
 }
 
 /// Looks on the LAN for the sender of a code whose nameplate is `nameplate`, until one
-/// answers or `timeout` passes. Returns its addresses, IPv4 first.
+/// answers or `timeout` passes. Returns its addresses, IPv4 first. Two senders answering
+/// for the same nameplate are an error (`Error::Lan`), not a guess.
 pub async fn find_nameplate(nameplate: &str, timeout: Duration) -> Result<Vec<SocketAddr>> {
     if !valid_nameplate(nameplate) {
         return Err(Error::InvalidInput {
@@ -448,6 +449,16 @@ pub async fn find_nameplate(nameplate: &str, timeout: Duration) -> Result<Vec<So
             Some((fullname, have)) if fullname == svc.get_fullname() => {
                 let all = have.iter().chain(&addrs).map(|a| (a.ip(), scope_of(a)));
                 *have = usable_addrs(all.collect::<Vec<_>>(), svc.get_port());
+            }
+            // Two senders with the same number (nameplates are short): dialing either
+            // could burn the other's code, so ask for a new one instead.
+            Some(_) if !addrs.is_empty() => {
+                return Err(Error::Lan {
+                    reason: format!(
+                        "more than one sender on this network has code {nameplate}: \
+                         ask the sender to start again for a new code"
+                    ),
+                })
             }
             _ => {}
         }

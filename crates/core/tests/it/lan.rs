@@ -161,6 +161,8 @@ fn devices_come_and_go_codes_are_found_and_bad_records_are_ignored() {
             let any: SocketAddr = "0.0.0.0:7000".parse().unwrap();
             let device = LanAdvert::device("desk-1", "Desk\u{202e}gpj.exe", any).unwrap();
             let code = LanAdvert::transfer("417", any, "laptop").unwrap();
+            let twin_a = LanAdvert::transfer("88", any, "one").unwrap();
+            let twin_b = LanAdvert::transfer("88", "0.0.0.0:7002".parse().unwrap(), "two").unwrap();
             let raw = mdns_sd::ServiceDaemon::new().unwrap();
             hostile(&raw);
             up_tx.send(()).unwrap();
@@ -171,7 +173,7 @@ fn devices_come_and_go_codes_are_found_and_bad_records_are_ignored() {
                 .unwrap();
             device.close().await;
             tokio::time::sleep(Duration::from_secs(3)).await;
-            drop(code);
+            drop((code, twin_a, twin_b));
             let _ = raw.shutdown();
         })
     });
@@ -185,6 +187,12 @@ fn devices_come_and_go_codes_are_found_and_bad_records_are_ignored() {
             assert_eq!(
                 found,
                 vec![format!("{ADDR_A}:7000").parse::<SocketAddr>().unwrap()]
+            );
+            // Two senders with one number: neither is dialed.
+            let twins = lan::find_nameplate("88", Duration::from_secs(15)).await;
+            assert!(
+                matches!(&twins, Err(Error::Lan { reason }) if reason.contains("more than one")),
+                "{twins:?}"
             );
             let none = lan::find_nameplate("418", Duration::from_secs(2)).await;
             assert!(
