@@ -61,7 +61,7 @@ fn lan_err(e: mdns_sd::Error) -> Error {
 struct Daemon(ServiceDaemon);
 
 impl Daemon {
-    /// A daemon on every interface but loopback, for the families in `families`.
+    /// A daemon on every interface but loopback, for IPv4 and/or IPv6.
     fn start(v4: bool, v6: bool) -> Result<Self> {
         let d = Daemon(ServiceDaemon::new().map_err(lan_err)?);
         d.0.disable_interface(IfKind::LoopbackV4).map_err(lan_err)?;
