@@ -94,7 +94,12 @@ fn net_pair(test: &str) -> Option<NetPair> {
             panic!("{test}: needs network namespaces (root) in CI: {e}")
         }
         Err(e) => {
-            eprintln!("\n!!! SKIPPED {test}: needs network namespaces: {e} (run as root) !!!\n");
+            // Straight to stderr, past the test harness's capture: a skip must be seen.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "\n!!! SKIPPED {test}: needs network namespaces: {e} (run as root) !!!\n"
+            );
             None
         }
     }
