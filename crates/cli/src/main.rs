@@ -42,6 +42,8 @@ enum Cmd {
     /// Offer files or folders; prints the code to give the receiver.
     Send {
         /// Listen for the receiver on this address (direct connection, also the LAN path).
+        /// Without --signal, the code is also announced on the LAN (mDNS), so a receiver
+        /// on the same network needs no address.
         #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:0")]
         direct: String,
         /// Meet the receiver through this signaling server (`ws://…/ws` or `wss://…/ws`):
@@ -91,7 +93,8 @@ enum Cmd {
     },
     /// Receive with a code (prompted for, or read from SKIFF_CODE, if not given).
     Receive {
-        /// The sender's address (direct connection).
+        /// The sender's address (direct connection). Without it and without --signal, the
+        /// sender is found on the LAN (mDNS).
         #[arg(long, value_name = "ADDR", conflicts_with = "signal")]
         direct: Option<String>,
         /// Meet the sender through this signaling server (the one the sender used).
@@ -206,27 +209,40 @@ async fn command(cmd: Cmd, node: &Node, config: &Config, out: &Output) -> Result
             dir,
             yes,
         } => {
-            let addr = match (direct, signal) {
-                (Some(addr), _) => addr,
+            let (addr, on_lan) = match (direct, signal) {
+                (Some(addr), _) => (addr, false),
                 (None, Some(url)) => {
                     node.set_signal_url(Some(url)).await?;
-                    String::new()
+                    (String::new(), false)
                 }
-                (None, None) => bail!(
-                    "give the signaling server with --signal URL (or SKIFF_SIGNAL), or the sender's address with --direct HOST:PORT"
-                ),
+                // No address and no server: the engine finds the sender on the LAN.
+                (None, None) => (String::new(), true),
             };
             let code = match code.or_else(|| std::env::var("SKIFF_CODE").ok()) {
                 Some(c) => c,
                 None => read_code()?,
             };
+            if on_lan {
+                out.note("Looking for the sender on this network…");
+            }
             let opts = ReceiveOptions {
                 connect: addr,
                 dir: dir.clone(),
                 auto_accept: yes,
                 reconnect_for: Duration::from_secs(300),
             };
-            let offer = node.receive(&code, opts).await?;
+            let offer = match node.receive(&code, opts).await {
+                Ok(o) => o,
+                Err(e) => {
+                    if matches!(e, skiff_core::Error::NotOnLan { .. }) {
+                        out.note(
+                            "Is the sender on this network and still waiting? From another network, \
+                             use --direct HOST:PORT or --signal URL on both sides.",
+                        );
+                    }
+                    return Err(e.into());
+                }
+            };
             if !yes {
                 out.show_offer(&offer, dir.as_ref().unwrap_or(&config.download_dir));
                 let decision = if ask("Accept? [y/N] ")? {

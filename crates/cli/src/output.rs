@@ -85,11 +85,24 @@ impl Output {
                 eprintln!("{qr}");
             }
         }
-        let how = match signal {
-            Some(url) => format!("skiff receive --signal {}", display_escape(url)),
-            None => format!("skiff receive --direct {}", reachable(listen)),
-        };
-        eprintln!("On the other computer run:\n    {how}\nand enter the code when it asks.");
+        let on_lan = signal.is_none()
+            && listen
+                .parse()
+                .is_ok_and(|a| skiff_core::lan::advertisable(&a));
+        if on_lan {
+            // Announced on the LAN: the receiver needs no address.
+            eprintln!("On the other computer (same network) run:\n    skiff receive {code}");
+            eprintln!(
+                "(from another network: skiff receive --direct {}, then enter the code)",
+                reachable(listen)
+            );
+        } else {
+            let how = match signal {
+                Some(url) => format!("skiff receive --signal {}", display_escape(url)),
+                None => format!("skiff receive --direct {}", reachable(listen)),
+            };
+            eprintln!("On the other computer run:\n    {how}\nand enter the code when it asks.");
+        }
         eprintln!("(works once; keep this running until the transfer completes)\n");
     }
 

@@ -91,6 +91,10 @@ pub enum Error {
         code: u16,
         reason: String,
     },
+    #[error("no sender with code {nameplate} found on this network")]
+    NotOnLan { nameplate: String },
+    #[error("LAN discovery: {reason}")]
+    Lan { reason: String },
 }
 
 impl Error {
@@ -128,6 +132,8 @@ impl Error {
             Error::NodeStopped => "node_stopped",
             Error::Signal { .. } => "signal",
             Error::TurnRefused { .. } => "turn_refused",
+            Error::NotOnLan { .. } => "not_on_lan",
+            Error::Lan { .. } => "lan",
         }
     }
 

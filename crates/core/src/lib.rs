@@ -12,6 +12,7 @@ pub mod device;
 pub mod error;
 pub mod events;
 pub mod fsx;
+pub mod lan;
 pub mod names;
 pub mod node;
 pub mod pairing;

@@ -37,7 +37,8 @@ pub struct SendStarted {
 /// Options of a receive.
 #[derive(Debug, Clone)]
 pub struct ReceiveOptions {
-    /// Address of the sender (direct mode; unused when a signaling server is set).
+    /// Address of the sender (direct mode; unused when a signaling server is set). Empty:
+    /// find the sender of the code on the LAN over mDNS (see [`crate::lan`]).
     pub connect: String,
     /// Destination folder; the configured download folder when `None`.
     pub dir: Option<PathBuf>,

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::TransferLock;
 use crate::events::{Event, OfferEntry};
 use crate::fsx::DestDir;
+use crate::lan;
 use crate::node::{
     Command, Ctx, Decision, IncomingOffer, Outcome, ReceiveOptions, SendOptions, SendStarted,
     TransferInfo,
@@ -254,7 +255,11 @@ pub(crate) async fn send(
         skipped: offer.skipped,
     }));
     let outcome = match link {
-        None => seed(&ctx, &id, listener, None, code, &cancel).await,
+        None => {
+            // Announced on the LAN until the code's one attempt (dropped with it in `seed`).
+            let code = code.map(|c| lan::announce_code(c, &listener, &ctx.config.device_name));
+            seed(&ctx, &id, listener, None, code, &cancel).await
+        }
         Some((link, meet)) => seed_paired(&ctx, &id, listener, link, meet, &cancel).await,
     };
     drop(lock);
@@ -469,7 +474,7 @@ async fn seed(
     id: &str,
     listener: TcpListener,
     mut incoming: Option<mpsc::Receiver<Conn>>,
-    mut code: Option<ShareCode>,
+    mut code: Option<lan::UnusedCode>,
     cancel: &CancellationToken,
 ) -> Outcome {
     let sctx = match send_ctx(ctx, id, cancel).await {
@@ -947,6 +952,7 @@ async fn receive_first(
     })?;
     let (ch, secret, peer_addr) = match &ctx.signal {
         Some(url) => paired_channel(ctx, url, &code).await?,
+        None if opts.connect.is_empty() => lan::dial_code(&code).await?,
         None => {
             let (ch, secret) = direct_channel(&opts.connect, &code).await?;
             (ch, secret, opts.connect.clone())

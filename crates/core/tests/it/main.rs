@@ -2,6 +2,7 @@
 
 mod hostile;
 mod integrity;
+mod lan;
 mod paired;
 mod reverse;
 mod turn_tcp;
