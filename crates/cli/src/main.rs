@@ -349,6 +349,15 @@ async fn listen(
     node.listen(skiff_core::ListenOptions { space, receive })
         .await
         .context("going online")?;
+    // Back online: unfinished outgoing transfers wait at their rendezvous again.
+    let resumable = node.resumable().await?;
+    for t in node.list().await? {
+        if t.direction == "send" && resumable.contains(&t.id) {
+            if let Err(e) = node.resume(&t.id, Duration::from_secs(300)).await {
+                out.note(&format!("cannot resume {}: {e}", t.id));
+            }
+        }
+    }
     loop {
         let ev = match events.recv().await {
             Ok(ev) => ev,
