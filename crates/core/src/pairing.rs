@@ -345,13 +345,34 @@ pub async fn open_rendezvous(url: &str, device_name: &str, secret: &Secret) -> R
 /// the resume handshake, then negotiates data paths (`paths::serve`), whose connections go
 /// to `incoming`. The signaling client reconnects by itself after a server restart.
 pub async fn serve_rendezvous(
-    mut link: SignalLink,
+    link: SignalLink,
     secret: Secret,
     tcp: Vec<String>,
     rtc: RtcConfig,
     incoming: mpsc::Sender<Conn>,
     cancel: CancellationToken,
 ) -> Result<()> {
+    serve_peers(link, "rendezvous", cancel, move |conn, ice| {
+        let (tcp, rtc, incoming) = (tcp.clone(), with_ice(&rtc, ice), incoming.clone());
+        async move { answer_at_rendezvous(conn, &secret, tcp, rtc, incoming).await }
+    })
+    .await
+}
+
+/// Serves every peer that sends `link` a blob until `cancel`: the first blob from a peer
+/// starts `handle` on a relayed connection to it (at most [`MAX_RENDEZVOUS_PEERS`] at
+/// once, each on the owned `JoinSet`), later blobs are routed to that connection, and the
+/// peer leaving ends it. `handle` also gets the server's current ICE servers.
+async fn serve_peers<F, Fut>(
+    mut link: SignalLink,
+    what: &'static str,
+    cancel: CancellationToken,
+    mut handle: F,
+) -> Result<()>
+where
+    F: FnMut(Conn, &[IceServer]) -> Fut,
+    Fut: Future<Output = Result<()>> + Send + 'static,
+{
     let mut inboxes: HashMap<PeerId, mpsc::Sender<SealedBlob>> = HashMap::new();
     let mut handlers: JoinSet<PeerId> = JoinSet::new();
     let mut ice = link.ice_servers.clone();
@@ -377,11 +398,10 @@ pub async fn serve_rendezvous(
                     let (tx, rx) = mpsc::channel(32);
                     let _ = tx.try_send(blob);
                     inboxes.insert(from.clone(), tx);
-                    let conn = relay::conn(link.client.clone(), from.clone(), rx);
-                    let (tcp, rtc, incoming) = (tcp.clone(), with_ice(&rtc, &ice), incoming.clone());
+                    let work = handle(relay::conn(link.client.clone(), from.clone(), rx), &ice);
                     handlers.spawn(async move {
-                        if let Err(e) = answer_at_rendezvous(conn, &secret, tcp, rtc, incoming).await {
-                            tracing::info!("rendezvous with {}: {e}", from.as_str());
+                        if let Err(e) = work.await {
+                            tracing::info!("{what}: peer {}: {e}", from.as_str());
                         }
                         from
                     });
@@ -393,7 +413,7 @@ pub async fn serve_rendezvous(
                 Some(SignalEvent::Connected { ice_servers, .. })
                 | Some(SignalEvent::IceServers { ice_servers, .. }) => ice = ice_servers,
                 Some(SignalEvent::Disconnected { reason, .. }) => {
-                    tracing::info!("rendezvous: lost the signaling server ({reason}); reconnecting");
+                    tracing::info!("{what}: lost the signaling server ({reason}); reconnecting");
                     inboxes.clear();
                 }
                 Some(SignalEvent::Stopped { reason }) => {
@@ -554,67 +574,23 @@ pub type DeviceCheck = std::sync::Arc<
 /// Listener (`skiff listen`): answers devices that contact this one in its space until
 /// `cancel`; each one that passes the handshake and `check` becomes a [`DeviceRequest`].
 pub async fn serve_listen(
-    mut link: SignalLink,
+    link: SignalLink,
     key: DeviceKey,
     name: String,
     check: DeviceCheck,
     requests: mpsc::Sender<(DeviceRequest, bool)>,
     cancel: CancellationToken,
 ) -> Result<()> {
-    let mut inboxes: HashMap<PeerId, mpsc::Sender<SealedBlob>> = HashMap::new();
-    let mut handlers: JoinSet<PeerId> = JoinSet::new();
-    let result = loop {
-        tokio::select! {
-            biased;
-            () = cancel.cancelled() => break Ok(()),
-            Some(done) = handlers.join_next() => {
-                if let Ok(peer) = done {
-                    inboxes.remove(&peer);
-                }
-            }
-            ev = link.events.recv() => match ev {
-                Some(SignalEvent::Message { from, blob }) => {
-                    if let Some(inbox) = inboxes.get(&from) {
-                        let _ = inbox.try_send(blob);
-                        continue;
-                    }
-                    if inboxes.len() >= MAX_RENDEZVOUS_PEERS {
-                        continue;
-                    }
-                    let (tx, rx) = mpsc::channel(32);
-                    let _ = tx.try_send(blob);
-                    inboxes.insert(from.clone(), tx);
-                    let conn = relay::conn(link.client.clone(), from.clone(), rx);
-                    let (key, name, check, requests) =
-                        (key.clone(), name.clone(), check.clone(), requests.clone());
-                    handlers.spawn(async move {
-                        match answer_device(conn, &key, &name, &check).await {
-                            Ok(r) => {
-                                let _ = requests.send(r).await;
-                            }
-                            Err(e) => tracing::info!("device request from {}: {e}", from.as_str()),
-                        }
-                        from
-                    });
-                }
-                Some(SignalEvent::PeerLeft { peer_id }) => {
-                    inboxes.remove(&peer_id);
-                }
-                Some(SignalEvent::Disconnected { reason, .. }) => {
-                    tracing::info!("listen: lost the signaling server ({reason}); reconnecting");
-                    inboxes.clear();
-                }
-                Some(SignalEvent::Stopped { reason }) => {
-                    break Err(signal_err(format!("the signaling client stopped: {reason}")))
-                }
-                Some(_) => {}
-                None => break Err(signal_err("the signaling client stopped")),
-            },
+    serve_peers(link, "listen", cancel, move |conn, _ice| {
+        let (key, name, check, requests) =
+            (key.clone(), name.clone(), check.clone(), requests.clone());
+        async move {
+            let r = answer_device(conn, &key, &name, &check).await?;
+            let _ = requests.send(r).await;
+            Ok(())
         }
-    };
-    handlers.shutdown().await;
-    link.shutdown().await;
-    result
+    })
+    .await
 }
 
 async fn answer_device(
