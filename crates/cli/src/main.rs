@@ -129,6 +129,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let out = Output::new(cli.json);
     let rt = match tokio::runtime::Builder::new_multi_thread()

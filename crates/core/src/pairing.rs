@@ -304,7 +304,12 @@ pub async fn receiver_pair(
     };
     let result = link.routed(&peer, Some(&nameplate), &inbox_tx, work).await;
     let _ = link.client.release(nameplate).await;
-    result
+    // The sender leaves the nameplate as soon as its one PAKE attempt fails: before the
+    // paths arrive, that means it did not accept our half of the exchange.
+    result.map_err(|e| match e {
+        Error::ConnectionClosed => Error::CodeMismatch,
+        other => other,
+    })
 }
 
 /// Most receivers a sender negotiates with at once at its rendezvous.

@@ -364,17 +364,43 @@ async fn seed_paired(
     let serving = seed(ctx, id, listener, Some(conn_rx), None, cancel);
     tokio::pin!(pair, serving, rendezvous);
     let mut paired = false;
+    let first_session = tokio::time::sleep(NEVER);
+    tokio::pin!(first_session);
     loop {
         tokio::select! {
             outcome = &mut serving => return outcome,
             r = &mut pair, if !paired => match r {
-                Ok(()) => paired = true,
+                Ok(()) => {
+                    paired = true;
+                    first_session
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + FIRST_SESSION_TIMEOUT);
+                }
                 Err(e) => return fail(ctx, id, e).await,
             },
+            () = &mut first_session, if paired => {
+                // The receiver took the code but no data connection ever authenticated:
+                // its paths were tampered with on the way, or it gave up.
+                let id2 = id.to_owned();
+                let state = ctx.store.call(move |s| Ok(s.transfer(&id2)?.map(|t| t.state))).await;
+                if matches!(state.as_ref().map(|s| s.as_deref()), Ok(Some("waiting"))) {
+                    let e = Error::PeerVerification {
+                        reason: "the receiver took the code but never connected: the connection \
+                                 was tampered with, or the receiver gave up".into(),
+                    };
+                    return fail(ctx, id, e).await;
+                }
+                first_session.as_mut().reset(tokio::time::Instant::now() + NEVER);
+            }
             () = &mut rendezvous => {}
         }
     }
 }
+
+/// A timer that does not fire (one year).
+const NEVER: Duration = Duration::from_secs(365 * 24 * 3600);
+/// After pairing, how long a sender waits for the receiver's first data connection.
+const FIRST_SESSION_TIMEOUT: Duration = Duration::from_secs(45);
 
 fn link_url(ctx: &Ctx) -> String {
     ctx.signal.clone().unwrap_or_default()

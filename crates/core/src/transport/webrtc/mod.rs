@@ -56,12 +56,18 @@ const INBOUND_QUEUE: usize = 16;
 const EVENT_QUEUE: usize = 128;
 /// Remote candidates accepted before the remote description arrives.
 const MAX_EARLY_CANDIDATES: usize = 64;
+/// How long `close` still waits for acknowledgements once the peer has closed its side.
+const PEER_DONE_GRACE: Duration = Duration::from_millis(500);
 /// How long `close` waits for SCTP to acknowledge everything sent.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(20);
 const FLUSH_POLL: Duration = Duration::from_millis(5);
 /// After our `FIN`, how long teardown waits for the peer to close first, so that a peer
 /// that is slow to read still gets everything.
 const LINGER: Duration = Duration::from_secs(2);
+/// ICE liveness: silence before `disconnected`, then before `failed`, and the keepalive.
+const ICE_DISCONNECTED_AFTER: Duration = Duration::from_secs(3);
+const ICE_FAILED_AFTER: Duration = Duration::from_secs(6);
+const ICE_KEEPALIVE: Duration = Duration::from_secs(1);
 /// How long ICE holds a working relayed pair back in favour of a direct one.
 const RELAY_ACCEPTANCE_WAIT: Duration = Duration::from_millis(750);
 /// How often `READY` is repeated until the peer's arrives.
@@ -445,13 +451,23 @@ async fn build(
     handler: Arc<Handler>,
     certificate: RTCCertificate,
 ) -> Result<Arc<dyn PeerConnection>> {
+    // TURN over TCP/TLS is ours (`transport::turn_tcp`); webrtc 0.21 would only warn
+    // that it skips those URLs.
     let ice_servers = cfg
         .ice_servers
         .iter()
-        .map(|s| RTCIceServer {
-            urls: s.urls.clone(),
-            username: s.username.clone(),
-            credential: s.credential.clone(),
+        .filter_map(|s| {
+            let urls: Vec<String> = s
+                .urls
+                .iter()
+                .filter(|u| !(u.starts_with("turns:") || u.contains("transport=tcp")))
+                .cloned()
+                .collect();
+            (!urls.is_empty()).then(|| RTCIceServer {
+                urls,
+                username: s.username.clone(),
+                credential: s.credential.clone(),
+            })
         })
         .collect();
     let policy = if cfg.relay_only {
@@ -479,6 +495,14 @@ async fn build(
         // default 2 s for one before taking the relay only delays the TURN case.
         RELAY_ACCEPTANCE_WAIT
     }));
+    // A peer that vanished (killed, network gone) is declared failed after ~9 s instead
+    // of ICE's default 30 s, so the reconnect starts sooner; keepalives every second keep
+    // an idle but healthy path from looking dead.
+    settings = settings.with_ice_timeouts(
+        Some(ICE_DISCONNECTED_AFTER),
+        Some(ICE_FAILED_AFTER),
+        Some(ICE_KEEPALIVE),
+    );
     if let Some(w) = cfg.sctp_receive_window {
         settings = settings.with_sctp_max_receive_buffer_size(w);
     }
@@ -827,9 +851,18 @@ impl FrameSink for Sink {
         self.dc.send(framing::fin()).await.map_err(closed)?;
         self.flags.fin_sent.store(true, Ordering::Release);
         let deadline = Instant::now() + FLUSH_TIMEOUT;
+        let mut peer_done_at: Option<Instant> = None;
         loop {
             if self.dc.outstanding_bytes().await.map_err(closed)? == 0 {
                 return Ok(());
+            }
+            // The peer closed its direction first: its protocol is over and it is tearing
+            // the connection down, so acknowledgements may never come. Give them a moment.
+            if self.flags.fin_received.load(Ordering::Acquire) {
+                let since = *peer_done_at.get_or_insert_with(Instant::now);
+                if since.elapsed() >= PEER_DONE_GRACE {
+                    return Ok(());
+                }
             }
             if Instant::now() >= deadline {
                 return Err(Error::Timeout {
