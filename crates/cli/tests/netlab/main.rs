@@ -443,15 +443,17 @@ fn case6_signaling_server_restart_mid_transfer_keeps_data_flowing() {
 const PROXY_PORT: u16 = 8081;
 
 /// Both sides must refuse: "peer verification failed" in the message (the wording the
-/// WebRTC path uses), or the kinds the handshake reports today (`code_mismatch` for a
-/// failed key confirmation, `decrypt` for a sealed blob that does not authenticate).
+/// WebRTC path uses; kind `peer_verification_failed`), or the kinds the handshake reports
+/// today (`code_mismatch` for a failed key confirmation, `decrypt` for a sealed blob that
+/// does not authenticate).
 fn verification_failure(p: &Proc) -> Option<Value> {
     p.events("error")
         .into_iter()
         .find(|e| {
             let msg = e["message"].as_str().unwrap_or("").to_lowercase();
             let kind = e["kind"].as_str().unwrap_or("");
-            msg.contains("peer verification failed") || kind == "code_mismatch" || kind == "decrypt"
+            msg.contains("peer verification failed")
+                || ["peer_verification_failed", "code_mismatch", "decrypt"].contains(&kind)
         })
         .cloned()
 }
