@@ -334,14 +334,17 @@ fn kill_and_resume(name: &str, kill_sender: bool, lan: bool) {
     let seen = run.receiver.max_progress();
     let id = run.id.clone();
     let resume_args = ["resume", id.as_str(), "--wait", "120"];
+    let killed: Instant;
     if kill_sender {
         run.sender.kill9();
+        killed = Instant::now();
         eprintln!("netlab {name}: sender killed at {seen} bytes (receiver's progress)");
         std::thread::sleep(Duration::from_secs(1));
         let s_data = run.s_data.clone();
         run.sender = Proc::spawn(&lab, "peerA", "sender(resumed)", &s_data, &resume_args, &[]);
     } else {
         run.receiver.kill9();
+        killed = Instant::now();
         eprintln!("netlab {name}: receiver killed at {seen} bytes");
         let r_data = run.r_data.clone();
         run.receiver = Proc::spawn(&lab, to, "receiver(resumed)", &r_data, &resume_args, &[]);
@@ -366,6 +369,17 @@ fn kill_and_resume(name: &str, kill_sender: bool, lan: bool) {
         );
     }
     let d = run.complete(&lab, secs(180));
+    let restarted = if kill_sender {
+        &run.sender
+    } else {
+        &run.receiver
+    };
+    eprintln!(
+        "netlab {name}: kill → the restarted side's `connected`: {:?}",
+        restarted
+            .time_of(|e| ev_is(e, "connected"))
+            .map(|t| t - killed)
+    );
     if lan {
         assert_eq!(d.receiver_path, "lan");
     } else {
@@ -428,13 +442,19 @@ fn case6_signaling_server_restart_mid_transfer_keeps_data_flowing() {
     );
     std::thread::sleep(Duration::from_secs(2));
     sig.restart();
+    let restarted = Instant::now();
+    // Informational (the issue wants clients to reconnect; the data does not need it):
+    // the most connections the restarted server saw while the transfer ran.
+    let mut most = 0.0f64;
+    while run.receiver.running() && restarted.elapsed() < secs(60) {
+        most = most.max(sig.metric("skiff_signal_connections").unwrap_or(0.0));
+        std::thread::sleep(Duration::from_millis(500));
+    }
     let d = run.complete(&lab, secs(180));
     assert_eq!(d.receiver_path, "direct");
-    // Informational: whether the clients came back to the restarted server before
-    // they finished (they exit once done, so this may read 0).
     eprintln!(
-        "netlab {name}: skiff_signal_connections after the restart: {:?}",
-        sig.metric("skiff_signal_connections")
+        "netlab {name}: clients connected to the restarted server while the transfer ran          ({:?} after the restart): at most {most}",
+        restarted.elapsed()
     );
 }
 
@@ -546,8 +566,12 @@ fn case8_shaped_wan_completes_and_reports_throughput() {
     let shaping = ["--rate", "50mbit", "--delay", "40ms", "--loss", "1%"];
     lab.shape("rtrA", &shaping);
     lab.shape("rtrB", &shaping);
-    let mut run = Run::start(&lab, &lab.signal_url(), "peerA", "peerB", 32 * MIB);
-    let d = run.complete(&lab, secs(600));
+    let mib = std::env::var("NETLAB_SHAPED_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(16);
+    let mut run = Run::start(&lab, &lab.signal_url(), "peerA", "peerB", mib * MIB);
+    let d = run.complete(&lab, secs(900));
     let mbit = run.size as f64 * 8.0 / d.data_time.as_secs_f64() / 1e6;
     eprintln!(
         "netlab {name}: SHAPED WAN (both routers 50 Mbit/s, +40 ms each way, 1 % loss; \
