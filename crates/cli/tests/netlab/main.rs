@@ -113,8 +113,10 @@ impl Run {
     /// nothing else (no part file) is left in the receiver's folder.
     fn complete(&mut self, lab: &Lab, timeout: Duration) -> Done {
         let r_done = self.receiver.wait_event("done", timeout);
+        let r_done_at = Instant::now();
         let s_done = self.sender.wait_event("done", secs(60));
         self.receiver.expect_success(secs(30));
+        let r_exit = r_done_at.elapsed();
         self.sender.expect_success(secs(30));
         self.receiver.assert_all_json();
         self.sender.assert_all_json();
@@ -157,6 +159,12 @@ impl Run {
             d.srv_bytes / 1024,
             lab.coturn_summary()
         );
+        if r_exit > secs(3) {
+            eprintln!(
+                "netlab {}: NOTE the receiver exited {r_exit:?} after its done event",
+                lab.name
+            );
+        }
         d
     }
 }
@@ -453,7 +461,8 @@ fn case6_signaling_server_restart_mid_transfer_keeps_data_flowing() {
     let d = run.complete(&lab, secs(180));
     assert_eq!(d.receiver_path, "direct");
     eprintln!(
-        "netlab {name}: clients connected to the restarted server while the transfer ran          ({:?} after the restart): at most {most}",
+        "netlab {name}: clients connected to the restarted server while the transfer \
+         ran ({:?} after the restart): at most {most}",
         restarted.elapsed()
     );
 }
