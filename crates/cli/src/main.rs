@@ -29,6 +29,10 @@ struct Cli {
     /// Print one JSON object per line on stdout instead of human output.
     #[arg(long, global = true)]
     json: bool,
+    /// With a signaling server: neither offer nor try direct TCP addresses, so the data
+    /// takes the WebRTC path (or the TURN relay). For labs and testing.
+    #[arg(long, global = true)]
+    webrtc_only: bool,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -112,7 +116,8 @@ async fn run(cli: Cli, out: &Output) -> Result<bool> {
         // No engine: listing peers must not lock the data directory.
         return peers::run(args, cli.json).await;
     }
-    let config = Config::new(cli.data_dir.clone());
+    let mut config = Config::new(cli.data_dir.clone());
+    config.tcp_paths = !cli.webrtc_only;
     let node = Node::spawn(config.clone())
         .await
         .context("starting the engine")?;

@@ -1,6 +1,7 @@
 //! Terminal output: JSON lines, or human text with an indicatif progress bar on stderr.
 //! Every name from the network is escaped before it is printed.
 
+use std::io::IsTerminal;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -79,6 +80,11 @@ impl Output {
             return; // the `code` event carries it
         }
         eprintln!("Give this code to the receiver:\n\n    {code}\n");
+        if std::io::stderr().is_terminal() {
+            if let Some(qr) = qr(code) {
+                eprintln!("{qr}");
+            }
+        }
         let how = match signal {
             Some(url) => format!("skiff receive --signal {}", display_escape(url)),
             None => format!("skiff receive --direct {}", reachable(listen)),
@@ -254,4 +260,17 @@ fn human(bar: &Arc<Mutex<Option<ProgressBar>>>, e: &Event) {
         }
         _ => {}
     }
+}
+
+/// The code's `skiff://` link as a QR code drawn with half blocks (two rows per line).
+fn qr(code: &str) -> Option<String> {
+    let link = skiff_proto::code::ShareCode::parse(code).ok()?.link();
+    let qr = qrcode::QrCode::new(link.as_bytes()).ok()?;
+    Some(
+        qr.render::<qrcode::render::unicode::Dense1x2>()
+            .dark_color(qrcode::render::unicode::Dense1x2::Light)
+            .light_color(qrcode::render::unicode::Dense1x2::Dark)
+            .quiet_zone(true)
+            .build(),
+    )
 }

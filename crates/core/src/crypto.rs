@@ -149,6 +149,14 @@ pub fn rendezvous(resume_secret: &Secret) -> Secret {
     expand(&hk, b"skiff/1 rendezvous")
 }
 
+/// Signaling space where the two ends of a transfer meet again (resume, new paths):
+/// public, one-way from the resume secret, and distinct from [`rendezvous`].
+pub fn rendezvous_space(resume_secret: &Secret) -> String {
+    let hk = Hkdf::<Sha256>::new(Some(b"skiff/1"), resume_secret);
+    let space = expand(&hk, b"skiff/1 rendezvous space");
+    format!("rv-{}", hex::encode(&space[..24]))
+}
+
 fn nonce(counter: u64) -> Nonce<aes_gcm::aead::consts::U12> {
     let mut n = [0u8; 12];
     n[4..].copy_from_slice(&counter.to_be_bytes());

@@ -14,8 +14,12 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    #[error("code mismatch: the code is wrong, or someone interfered")]
+    #[error("peer verification failed (code mismatch): the code is wrong, or someone interfered")]
     CodeMismatch,
+    /// The peer, or something between us, failed an authenticity check outside the PAKE
+    /// (resume keys, a DTLS certificate that is not the one the sealed offer named).
+    #[error("peer verification failed: {reason}")]
+    PeerVerification { reason: String },
     #[error("not a valid code: {reason}")]
     BadCode { reason: String },
     #[error("no transfer is waiting for this code: it may have expired or been used already")]
@@ -26,7 +30,9 @@ pub enum Error {
     Replay { expected: u64, got: u64 },
     #[error("frame of {len} bytes is larger than the limit of {max}")]
     FrameTooLarge { len: usize, max: usize },
-    #[error("a sealed frame failed to authenticate (tampered or corrupted)")]
+    #[error(
+        "peer verification failed: a sealed frame did not authenticate (tampered or corrupted)"
+    )]
     Decrypt,
     #[error("offer refused: {reason}")]
     BadOffer { reason: String },
@@ -85,6 +91,7 @@ impl Error {
     pub fn code(&self) -> &'static str {
         match self {
             Error::CodeMismatch => "code_mismatch",
+            Error::PeerVerification { .. } => "peer_verification_failed",
             Error::BadCode { .. } => "bad_code",
             Error::UnknownCode => "unknown_code",
             Error::Protocol { .. } => "protocol",

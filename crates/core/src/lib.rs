@@ -14,6 +14,7 @@ pub mod fsx;
 pub mod names;
 pub mod node;
 pub mod pairing;
+pub mod paths;
 pub mod recv;
 pub mod send;
 pub mod session;

@@ -132,6 +132,10 @@ pub(crate) enum Command {
         id: String,
         reply: oneshot::Sender<Result<()>>,
     },
+    Pause {
+        id: String,
+        reply: oneshot::Sender<Result<()>>,
+    },
     Wait {
         id: String,
         reply: oneshot::Sender<Outcome>,
@@ -143,11 +147,11 @@ pub(crate) enum Command {
     // From the node's own tasks:
     Started {
         id: String,
-        cancel: CancellationToken,
+        running: Running,
     },
     Offered {
         id: String,
-        cancel: CancellationToken,
+        running: Running,
         decision: oneshot::Sender<Decision>,
     },
     Finished {
@@ -165,9 +169,11 @@ pub(crate) struct Ctx {
     pub internal: mpsc::Sender<Command>,
     /// Signaling server (`ws://…/ws`), see [`Node::set_signal_url`].
     pub signal: Option<String>,
-    /// The node's root token: cancelled only when the whole node shuts down, which
-    /// interrupts transfers (resumable) instead of cancelling them.
+    /// Interrupts this task's transfer (resumable) instead of cancelling it: a child of
+    /// the node's root token (shutdown), or the transfer's own (pause).
     pub shutdown: CancellationToken,
+    /// Set when the interruption is a pause: the transfer ends `paused`, not `interrupted`.
+    pub paused: CancellationToken,
 }
 
 impl Ctx {
@@ -219,6 +225,7 @@ impl Node {
             internal: cmds.clone(),
             signal: None,
             shutdown: cancel.clone(),
+            paused: CancellationToken::new(),
         };
         let actor = Actor {
             inbox,
@@ -289,6 +296,13 @@ impl Node {
         .await?
     }
 
+    /// Stops a running transfer, keeping its checkpoint: it ends in state `paused`, and
+    /// [`Node::resume`] continues it. The peer sees an interruption and waits or retries.
+    pub async fn pause(&self, id: &str) -> Result<()> {
+        let id = id.to_owned();
+        self.ask(|reply| Command::Pause { id, reply }).await?
+    }
+
     pub async fn cancel(&self, id: &str) -> Result<()> {
         let id = id.to_owned();
         self.ask(|reply| Command::Cancel { id, reply }).await?
@@ -339,18 +353,46 @@ impl Node {
     }
 }
 
+/// A running transfer's controls.
+pub(crate) struct Running {
+    cancel: CancellationToken,
+    /// Cancelling it interrupts the transfer; its `cancel` token is a child of it.
+    interrupt: CancellationToken,
+    paused: CancellationToken,
+}
+
+impl Running {
+    pub(crate) fn of(ctx: &Ctx, cancel: CancellationToken) -> Self {
+        Running {
+            cancel,
+            interrupt: ctx.shutdown.clone(),
+            paused: ctx.paused.clone(),
+        }
+    }
+}
+
 struct Actor {
     inbox: mpsc::Receiver<Command>,
     ctx: Ctx,
     cancel: CancellationToken,
     tasks: TaskTracker,
-    running: HashMap<String, CancellationToken>,
+    running: HashMap<String, Running>,
     decisions: HashMap<String, oneshot::Sender<Decision>>,
     finished: HashMap<String, Outcome>,
     waiters: HashMap<String, Vec<oneshot::Sender<Outcome>>>,
 }
 
 impl Actor {
+    /// A context and cancellation token for a new task: the task's interrupt token is a
+    /// child of the node's root, its cancel token a child of that.
+    fn task_ctx(&self) -> (Ctx, CancellationToken) {
+        let mut ctx = self.ctx.clone();
+        ctx.shutdown = self.cancel.child_token();
+        ctx.paused = CancellationToken::new();
+        let token = ctx.shutdown.child_token();
+        (ctx, token)
+    }
+
     async fn run(mut self) {
         loop {
             tokio::select! {
@@ -367,14 +409,14 @@ impl Actor {
     fn handle(&mut self, cmd: Command) {
         match cmd {
             Command::Send { paths, opts, reply } => {
-                let token = self.cancel.child_token();
+                let (ctx, token) = self.task_ctx();
                 self.tasks
-                    .spawn(tasks::send(self.ctx.clone(), paths, opts, token, reply));
+                    .spawn(tasks::send(ctx, paths, opts, token, reply));
             }
             Command::Receive { code, opts, reply } => {
-                let token = self.cancel.child_token();
+                let (ctx, token) = self.task_ctx();
                 self.tasks
-                    .spawn(tasks::receive(self.ctx.clone(), code, opts, token, reply));
+                    .spawn(tasks::receive(ctx, code, opts, token, reply));
             }
             Command::Decide {
                 id,
@@ -397,20 +439,27 @@ impl Actor {
                     return;
                 }
                 self.finished.remove(&id);
-                let token = self.cancel.child_token();
-                self.running.insert(id.clone(), token.clone());
-                self.tasks.spawn(tasks::resume(
-                    self.ctx.clone(),
-                    id,
-                    reconnect_for,
-                    token,
-                    reply,
-                ));
+                let (ctx, token) = self.task_ctx();
+                self.running
+                    .insert(id.clone(), Running::of(&ctx, token.clone()));
+                self.tasks
+                    .spawn(tasks::resume(ctx, id, reconnect_for, token, reply));
             }
             Command::Cancel { id, reply } => {
                 let r = match self.running.get(&id) {
                     Some(t) => {
-                        t.cancel();
+                        t.cancel.cancel();
+                        Ok(())
+                    }
+                    None => Err(Error::UnknownTransfer { id }),
+                };
+                let _ = reply.send(r);
+            }
+            Command::Pause { id, reply } => {
+                let r = match self.running.get(&id) {
+                    Some(t) => {
+                        t.paused.cancel();
+                        t.interrupt.cancel();
                         Ok(())
                     }
                     None => Err(Error::UnknownTransfer { id }),
@@ -428,15 +477,15 @@ impl Actor {
                 self.ctx.signal = url;
                 let _ = reply.send(());
             }
-            Command::Started { id, cancel } => {
-                self.running.insert(id, cancel);
+            Command::Started { id, running } => {
+                self.running.insert(id, running);
             }
             Command::Offered {
                 id,
-                cancel,
+                running,
                 decision,
             } => {
-                self.running.insert(id.clone(), cancel);
+                self.running.insert(id.clone(), running);
                 self.decisions.insert(id, decision);
             }
             Command::Finished { id, outcome } => {

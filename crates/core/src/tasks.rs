@@ -14,7 +14,7 @@ use skiff_proto::handshake::{hex_field, DialHello};
 use skiff_proto::manifest::{Entry, Manifest};
 use skiff_proto::peer::{ReceiverMsg, SenderMsg};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::TransferLock;
@@ -25,11 +25,12 @@ use crate::node::{
     TransferInfo,
 };
 use crate::pairing::{self, SignalLink};
+use crate::paths;
 use crate::recv::{self, Holdings, RecvCtx};
 use crate::send::{self, SendCtx};
 use crate::session::{self, Channel};
 use crate::store::{Direction, Store, TransferRow};
-use crate::transport::tcp;
+use crate::transport::{tcp, Conn};
 use crate::walk;
 use crate::{Error, Result};
 
@@ -39,7 +40,7 @@ const OFFER_TIMEOUT: Duration = Duration::from_secs(30);
 /// States a transfer can be resumed from ("waiting" senders never met a receiver: their
 /// code is gone with the process, so they cannot).
 pub(crate) fn is_resumable_state(state: &str) -> bool {
-    matches!(state, "transferring" | "interrupted")
+    matches!(state, "transferring" | "interrupted" | "paused")
 }
 
 async fn blocking<R: Send + 'static>(f: impl FnOnce() -> Result<R> + Send + 'static) -> Result<R> {
@@ -87,6 +88,7 @@ pub(crate) async fn send(
             direction: Direction::Send,
             state: "waiting".into(),
             peer_addr: listen.clone(),
+            signal_url: ctx.signal.clone(),
             resume_secret: None,
             manifest: String::from_utf8_lossy(&offer.manifest.encode()).into_owned(),
             dest_dir: None,
@@ -114,7 +116,7 @@ pub(crate) async fn send(
         // random number does (it only has to match on both ends).
         let (code, link) = match &ctx.signal {
             Some(url) => {
-                let link = SignalLink::connect(url, &ctx.config.device_name).await?;
+                let link = SignalLink::connect(url, &ctx.config.device_name, None).await?;
                 match pairing::allocate_code(&link).await {
                     Ok((code, nameplate)) => (code, Some((link, nameplate))),
                     Err(e) => {
@@ -146,7 +148,7 @@ pub(crate) async fn send(
         .internal
         .send(Command::Started {
             id: id.clone(),
-            cancel: cancel.clone(),
+            running: crate::node::Running::of(&ctx, cancel.clone()),
         })
         .await;
     ctx.events.emit(Event::Code {
@@ -162,7 +164,7 @@ pub(crate) async fn send(
         skipped: offer.skipped,
     }));
     let outcome = match link {
-        None => seed(&ctx, &id, listener, Some(code), &cancel).await,
+        None => seed(&ctx, &id, listener, None, Some(code), &cancel).await,
         Some((link, nameplate)) => {
             seed_paired(&ctx, &id, listener, link, nameplate, code, &cancel).await
         }
@@ -172,8 +174,8 @@ pub(crate) async fn send(
 }
 
 /// A sender paired through the signaling server: the code's PAKE runs over the relay and
-/// stores the resume secret, while the listener waits for the receiver's authenticated
-/// (resume-keyed) direct connection.
+/// stores the resume secret; the sender then waits at the transfer's rendezvous (for the
+/// WebRTC or TURN paths) while its listener takes direct TCP connections.
 async fn seed_paired(
     ctx: &Ctx,
     id: &str,
@@ -183,26 +185,38 @@ async fn seed_paired(
     code: ShareCode,
     cancel: &CancellationToken,
 ) -> Outcome {
-    let addrs = listener
-        .local_addr()
-        .map(|a| pairing::local_addrs(&a))
-        .unwrap_or_default();
+    let addrs = tcp_paths(ctx, &listener);
+    let (met_tx, met_rx) = oneshot::channel();
     let pair = async {
-        // The secret is stored before the receiver learns where to connect.
+        // The secret is stored, and the sender is at the rendezvous, before the receiver
+        // learns where to connect.
         let keep = |secret: crate::crypto::Secret| {
-            let id2 = id.to_owned();
+            let (id2, url, name) = (id.to_owned(), link_url(ctx), ctx.config.device_name.clone());
             async move {
                 ctx.store
                     .call(move |s| s.set_session(&id2, &secret, "direct"))
-                    .await
+                    .await?;
+                let rv = pairing::open_rendezvous(&url, &name, &secret).await?;
+                let _ = met_tx.send((rv, secret));
+                Ok(())
             }
         };
-        let r = pairing::sender_pair(&mut link, &nameplate, &code, addrs, keep, cancel).await;
+        let r =
+            pairing::sender_pair(&mut link, &nameplate, &code, addrs.clone(), keep, cancel).await;
         link.shutdown().await;
         r
     };
-    let serving = seed(ctx, id, listener, None, cancel);
-    tokio::pin!(pair, serving);
+    let (conn_tx, conn_rx) = mpsc::channel(4);
+    let rendezvous = async {
+        match met_rx.await {
+            Ok((rv, secret)) => {
+                rendezvous_loop(ctx, Some(rv), secret, addrs.clone(), conn_tx, cancel).await
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    let serving = seed(ctx, id, listener, Some(conn_rx), None, cancel);
+    tokio::pin!(pair, serving, rendezvous);
     let mut paired = false;
     loop {
         tokio::select! {
@@ -211,7 +225,67 @@ async fn seed_paired(
                 Ok(()) => paired = true,
                 Err(e) => return fail(ctx, id, e).await,
             },
+            () = &mut rendezvous => {}
         }
+    }
+}
+
+fn link_url(ctx: &Ctx) -> String {
+    ctx.signal.clone().unwrap_or_default()
+}
+
+/// The direct TCP addresses a sender offers (none when `tcp_paths` is off).
+fn tcp_paths(ctx: &Ctx, listener: &TcpListener) -> Vec<String> {
+    if !ctx.config.tcp_paths {
+        return Vec::new();
+    }
+    listener
+        .local_addr()
+        .map(|a| pairing::local_addrs(&a))
+        .unwrap_or_default()
+}
+
+/// Keeps the sender at its rendezvous on `ctx.signal` until `cancel`, reopening it after
+/// the server goes away for good (a restarted server, a network change). Data connections
+/// negotiated there go to `conns`. `first` is an already open rendezvous link.
+async fn rendezvous_loop(
+    ctx: &Ctx,
+    mut first: Option<SignalLink>,
+    secret: crate::crypto::Secret,
+    addrs: Vec<String>,
+    conns: mpsc::Sender<Conn>,
+    cancel: &CancellationToken,
+) {
+    let url = link_url(ctx);
+    let mut delay = Duration::from_millis(500);
+    while !cancel.is_cancelled() {
+        let link = match first.take() {
+            Some(l) => Ok(l),
+            None => pairing::open_rendezvous(&url, &ctx.config.device_name, &secret).await,
+        };
+        match link {
+            Ok(link) => {
+                delay = Duration::from_millis(500);
+                let r = pairing::serve_rendezvous(
+                    link,
+                    secret,
+                    addrs.clone(),
+                    ctx.config.rtc.clone(),
+                    conns.clone(),
+                    cancel.clone(),
+                )
+                .await;
+                if let Err(e) = r {
+                    tracing::info!("rendezvous ended: {e}");
+                }
+            }
+            Err(e) => tracing::info!("cannot open the rendezvous: {e}"),
+        }
+        tokio::select! {
+            () = cancel.cancelled() => {}
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(10));
     }
 }
 
@@ -253,6 +327,7 @@ async fn seed(
     ctx: &Ctx,
     id: &str,
     listener: TcpListener,
+    mut incoming: Option<mpsc::Receiver<Conn>>,
     mut code: Option<ShareCode>,
     cancel: &CancellationToken,
 ) -> Outcome {
@@ -261,19 +336,25 @@ async fn seed(
         Err(e) => return fail(ctx, id, e).await,
     };
     loop {
-        let stream = tokio::select! {
+        let mut conn = tokio::select! {
             biased;
             () = cancel.cancelled() => return fail(ctx, id, Error::Cancelled).await,
             accepted = listener.accept() => match accepted {
-                Ok((s, _)) => s,
+                Ok((s, _)) => tcp::wrap(s),
                 Err(e) => {
                     tracing::warn!("accept failed: {e}");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             },
+            negotiated = async { match incoming.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => match negotiated {
+                Some(c) => c,
+                None => {
+                    incoming = None;
+                    continue;
+                }
+            },
         };
-        let mut conn = tcp::wrap(stream);
         let hello = match session::read_hello(&mut conn).await {
             Ok(h) => h,
             Err(e) => {
@@ -335,21 +416,28 @@ async fn seed(
                 }
             }
         };
-        if let Some(secret) = fresh_secret {
-            let (id2, path) = (id.to_owned(), ch.path.as_str().to_owned());
-            if let Err(e) = ctx
-                .store
-                .call(move |s| s.set_session(&id2, &secret, &path))
-                .await
-            {
-                return fail(ctx, id, e).await;
-            }
-        }
+        let (id2, path) = (id.to_owned(), ch.path.as_str().to_owned());
+        let recorded = ctx
+            .store
+            .call(move |s| {
+                // A transfer still "waiting" has never had a session: this is its first.
+                let before = s.transfer(&id2)?.map(|t| t.state).unwrap_or_default();
+                match fresh_secret {
+                    Some(secret) => s.set_session(&id2, &secret, &path)?,
+                    None => s.set_path_kind(&id2, &path)?,
+                }
+                Ok(before != "waiting")
+            })
+            .await;
+        let resumed = match recorded {
+            Ok(r) => r,
+            Err(e) => return fail(ctx, id, e).await,
+        };
         ctx.events.emit(Event::Connected {
             transfer: id.to_owned(),
             path: ch.path.as_str().to_owned(),
             remote: ch.remote.clone(),
-            resumed: fresh_secret.is_none(),
+            resumed,
         });
         let path = ch.path.as_str().to_owned();
         set_state(&ctx.store, ctx, id, "transferring", None).await;
@@ -424,6 +512,7 @@ async fn fail(ctx: &Ctx, id: &str, e: Error) -> Outcome {
         e
     };
     let state = match e {
+        Error::Interrupted if ctx.paused.is_cancelled() => "paused",
         Error::Cancelled => "cancelled",
         Error::Declined => "declined",
         _ if e.is_resumable() => "interrupted",
@@ -529,35 +618,61 @@ async fn direct_channel(addr: &str, code: &ShareCode) -> Result<(Channel, crate:
 }
 
 /// Receiver, signaling mode: the code's PAKE over the signaling relay gives the resume
-/// secret and the sender's addresses; the direct connection then authenticates with it.
+/// secret and the sender's TCP addresses; the data channel is the first of a direct TCP
+/// connection and whatever the rendezvous negotiates (WebRTC, TURN), authenticated with
+/// the secret either way.
 async fn paired_channel(
     ctx: &Ctx,
     url: &str,
     code: &ShareCode,
 ) -> Result<(Channel, crate::crypto::Secret, String)> {
-    let mut link = SignalLink::connect(url, &ctx.config.device_name).await?;
+    let mut link = SignalLink::connect(url, &ctx.config.device_name, None).await?;
     let paired = pairing::receiver_pair(&mut link, code).await;
     link.shutdown().await;
-    let (secret, addrs, _signal_channel) = paired?;
-    let mut last = Error::protocol("the sender offered no address");
-    for addr in addrs {
-        let dialed = tokio::time::timeout(Duration::from_secs(3), tcp::dial(&addr)).await;
-        let conn = match dialed {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => {
-                last = e;
-                continue;
-            }
-            Err(_) => {
-                last = Error::Timeout {
-                    what: "connecting to the sender",
-                };
-                continue;
-            }
-        };
-        return Ok((session::dial_resume(conn, &secret).await?, secret, addr));
+    let (secret, addrs, _code_channel) = paired?;
+    let ch = connect_paired(ctx, url, &secret, &addrs, true).await?;
+    let peer = if ch.remote.starts_with("webrtc:") || addrs.is_empty() {
+        "rendezvous".to_owned()
+    } else {
+        ch.remote.clone()
+    };
+    Ok((ch, secret, peer))
+}
+
+/// Receiver: a data channel to a paired sender, racing its direct TCP addresses (a LAN
+/// answers in milliseconds) against the rendezvous negotiation (WebRTC, TURN).
+async fn connect_paired(
+    ctx: &Ctx,
+    url: &str,
+    secret: &crate::crypto::Secret,
+    addrs: &[String],
+    fresh: bool,
+) -> Result<Channel> {
+    let tcp = paths::dial_tcp(addrs, secret);
+    // A fresh pairing races the addresses it was just given; a resume also tries the ones
+    // the (maybe restarted) sender offers at the rendezvous.
+    let rendezvous = pairing::dial_rendezvous(
+        url,
+        &ctx.config.device_name,
+        secret,
+        &ctx.config.rtc,
+        fresh || !ctx.config.tcp_paths,
+        pairing::RENDEZVOUS_WAIT,
+    );
+    tokio::pin!(tcp, rendezvous);
+    let mut tcp_done = addrs.is_empty() || !ctx.config.tcp_paths;
+    loop {
+        tokio::select! {
+            r = &mut tcp, if !tcp_done => match r {
+                Ok(ch) => return Ok(ch),
+                Err(e) => {
+                    tracing::info!("direct TCP to the sender failed: {e}");
+                    tcp_done = true;
+                }
+            },
+            r = &mut rendezvous => return r,
+        }
     }
-    Err(last)
 }
 
 /// The first session: code, offer, decision, layout. Errors before the transfer exists
@@ -619,7 +734,7 @@ async fn receive_first(
         .internal
         .send(Command::Offered {
             id: id.clone(),
-            cancel: cancel.clone(),
+            running: crate::node::Running::of(ctx, cancel.clone()),
             decision: dtx,
         })
         .await;
@@ -649,6 +764,7 @@ async fn receive_first(
     };
     // Lay out local names and record the transfer before saying yes.
     let setup = {
+        let signal_url = ctx.signal.clone();
         let (store, id, manifest, dir, peer, path, data_dir) = (
             ctx.store.clone(),
             id.clone(),
@@ -669,6 +785,7 @@ async fn receive_first(
                 direction: Direction::Receive,
                 state: "transferring".into(),
                 peer_addr: peer,
+                signal_url,
                 resume_secret: Some(secret),
                 manifest: String::from_utf8_lossy(&manifest.encode()).into_owned(),
                 dest_dir: Some(dest.path().to_string_lossy().into_owned()),
@@ -749,6 +866,10 @@ async fn run_session(
         remote: ch.remote.clone(),
         resumed,
     });
+    let (id2, path) = (id.to_owned(), ch.path.as_str().to_owned());
+    ctx.store
+        .call(move |s| s.set_path_kind(&id2, &path))
+        .await?;
     set_state(&ctx.store, ctx, id, "transferring", None).await;
     let rctx = RecvCtx {
         store: ctx.store.clone(),
@@ -790,12 +911,26 @@ async fn resume_once(
     let secret = row.resume_secret.ok_or_else(|| Error::InvalidInput {
         reason: "this transfer never started".into(),
     })?;
-    let conn = tokio::time::timeout(session::HANDSHAKE_TIMEOUT, tcp::dial(&row.peer_addr))
-        .await
-        .map_err(|_| Error::Timeout {
-            what: "connecting to the sender",
-        })??;
-    let mut ch = session::dial_resume(conn, &secret).await?;
+    let mut ch = match &row.signal_url {
+        // The sender may have moved (restart, new network): meet at the rendezvous, and
+        // race the last known direct address in case the server is away.
+        Some(url) => {
+            let known: Vec<String> = row
+                .peer_addr
+                .parse::<std::net::SocketAddr>()
+                .map(|a| vec![a.to_string()])
+                .unwrap_or_default();
+            connect_paired(ctx, url, &secret, &known, false).await?
+        }
+        None => {
+            let conn = tokio::time::timeout(session::HANDSHAKE_TIMEOUT, tcp::dial(&row.peer_addr))
+                .await
+                .map_err(|_| Error::Timeout {
+                    what: "connecting to the sender",
+                })??;
+            session::dial_resume(conn, &secret).await?
+        }
+    };
     let (tid, _sender, manifest) = read_offer(&mut ch).await?;
     let stored =
         Manifest::decode(row.manifest.as_bytes()).map_err(|e| Error::protocol(e.to_string()))?;
@@ -964,7 +1099,23 @@ pub(crate) async fn resume(
             };
             let _ = reply.send(Ok(()));
             set_state(&ctx.store, &ctx, &id, "interrupted", None).await;
-            let outcome = seed(&ctx, &id, listener, None, &cancel).await;
+            let outcome = match (row.signal_url.clone(), row.resume_secret) {
+                (Some(url), Some(secret)) => {
+                    // Back at the rendezvous, so the receiver finds us from anywhere.
+                    let mut ctx = ctx.clone();
+                    ctx.signal = Some(url);
+                    let addrs = tcp_paths(&ctx, &listener);
+                    let (conn_tx, conn_rx) = mpsc::channel(4);
+                    let rendezvous = rendezvous_loop(&ctx, None, secret, addrs, conn_tx, &cancel);
+                    let serving = seed(&ctx, &id, listener, Some(conn_rx), None, &cancel);
+                    tokio::pin!(rendezvous, serving);
+                    tokio::select! {
+                        outcome = &mut serving => outcome,
+                        () = &mut rendezvous => serving.await,
+                    }
+                }
+                _ => seed(&ctx, &id, listener, None, None, &cancel).await,
+            };
             drop(lock);
             ctx.finished(&id, outcome).await;
         }

@@ -2,6 +2,7 @@
 
 mod hostile;
 mod integrity;
+mod paired;
 mod reverse;
 mod util;
 mod webrtc;
