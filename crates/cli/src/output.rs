@@ -85,11 +85,24 @@ impl Output {
                 eprintln!("{qr}");
             }
         }
-        let how = match signal {
-            Some(url) => format!("skiff receive --signal {}", display_escape(url)),
-            None => format!("skiff receive --direct {}", reachable(listen)),
-        };
-        eprintln!("On the other computer run:\n    {how}\nand enter the code when it asks.");
+        let on_lan = signal.is_none()
+            && listen
+                .parse()
+                .is_ok_and(|a| skiff_core::lan::advertisable(&a));
+        if on_lan {
+            // Announced on the LAN: the receiver needs no address.
+            eprintln!("On the other computer (same network) run:\n    skiff receive {code}");
+            eprintln!(
+                "(from another network: skiff receive --direct {}, then enter the code)",
+                reachable(listen)
+            );
+        } else {
+            let how = match signal {
+                Some(url) => format!("skiff receive --signal {}", display_escape(url)),
+                None => format!("skiff receive --direct {}", reachable(listen)),
+            };
+            eprintln!("On the other computer run:\n    {how}\nand enter the code when it asks.");
+        }
         eprintln!("(works once; keep this running until the transfer completes)\n");
     }
 
@@ -120,6 +133,23 @@ impl Output {
             eprintln!("  … and {} more", offer.entries.len() - 20);
         }
         eprintln!("Save to {}", display_escape(&dir.display().to_string()));
+    }
+
+    pub fn trusted(&self, rows: &[skiff_core::TrustedDevice]) {
+        if self.json {
+            for r in rows {
+                let mut v = serde_json::to_value(r).unwrap_or_default();
+                v["event"] = "trusted".into();
+                println!("{v}");
+            }
+            return;
+        }
+        if rows.is_empty() {
+            eprintln!("No trusted devices. Pin one with: skiff trust NAME --signal URL");
+        }
+        for r in rows {
+            println!("{}  {}", r.device, display_escape(&r.name));
+        }
     }
 
     pub fn list(&self, rows: &[TransferInfo]) {
@@ -217,7 +247,43 @@ fn human(bar: &Arc<Mutex<Option<ProgressBar>>>, e: &Event) {
             let what = if *resumed { "Reconnected" } else { "Connected" };
             say(
                 &guard,
-                format!("{what} to {} over {path}", display_escape(remote)),
+                format!(
+                    "{what} to {} over {} ({path})",
+                    display_escape(remote),
+                    path_words(path)
+                ),
+            );
+        }
+        Event::Verify {
+            peer,
+            device,
+            phrase,
+            trusted,
+            ..
+        } => {
+            let who = format!(
+                "{} (device {}…)",
+                display_escape(peer),
+                &device[..12.min(device.len())]
+            );
+            let text = if *trusted {
+                format!("Verified trusted device {who}. Phrase: {phrase}")
+            } else {
+                format!(
+                    "First contact with {who}.\n  Verification phrase: {phrase}\n  \
+                     Check that the other screen shows the same phrase; `skiff trust` pins the device."
+                )
+            };
+            say(&guard, text);
+        }
+        Event::Listening { device, name, .. } => {
+            say(
+                &guard,
+                format!(
+                    "Listening as {} (device {device}). Others send with: skiff send --to {} FILES",
+                    display_escape(name),
+                    display_escape(name)
+                ),
             );
         }
         Event::Progress { bytes, total, .. } => {
@@ -259,6 +325,16 @@ fn human(bar: &Arc<Mutex<Option<ProgressBar>>>, e: &Event) {
             say(&guard, "Interrupted; waiting to reconnect…".to_owned());
         }
         _ => {}
+    }
+}
+
+/// The connection path in words.
+fn path_words(path: &str) -> &'static str {
+    match path {
+        "lan" => "the local network",
+        "direct" => "a direct connection",
+        "turn-udp" | "turn-tcp" | "turn-tls" => "a TURN relay (end-to-end encrypted)",
+        _ => "an encrypted connection",
     }
 }
 

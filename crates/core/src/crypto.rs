@@ -149,6 +149,13 @@ pub fn rendezvous(resume_secret: &Secret) -> Secret {
     expand(&hk, b"skiff/1 rendezvous")
 }
 
+/// A device session's secret (peer-list sends), from its Noise handshake hash: it plays
+/// the part of a code's PAKE key (resume secret of the transfer).
+pub fn peer_session_secret(handshake_hash: &[u8]) -> Secret {
+    let hk = Hkdf::<Sha256>::new(Some(b"skiff/1"), handshake_hash);
+    expand(&hk, b"skiff/1 device session")
+}
+
 /// Signaling space where the two ends of a transfer meet again (resume, new paths):
 /// public, one-way from the resume secret, and distinct from [`rendezvous`].
 pub fn rendezvous_space(resume_secret: &Secret) -> String {

@@ -84,6 +84,17 @@ pub enum Error {
     NodeStopped,
     #[error("signaling server: {reason}")]
     Signal { reason: String },
+    /// An error response from a TURN server (`what`: "allocation", "permission", …).
+    #[error("TURN server refused the {what}: {code} {reason}")]
+    TurnRefused {
+        what: &'static str,
+        code: u16,
+        reason: String,
+    },
+    #[error("no sender with code {nameplate} found on this network")]
+    NotOnLan { nameplate: String },
+    #[error("LAN discovery: {reason}")]
+    Lan { reason: String },
 }
 
 impl Error {
@@ -120,6 +131,9 @@ impl Error {
             Error::InvalidInput { .. } => "invalid_input",
             Error::NodeStopped => "node_stopped",
             Error::Signal { .. } => "signal",
+            Error::TurnRefused { .. } => "turn_refused",
+            Error::NotOnLan { .. } => "not_on_lan",
+            Error::Lan { .. } => "lan",
         }
     }
 

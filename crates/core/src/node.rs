@@ -37,7 +37,8 @@ pub struct SendStarted {
 /// Options of a receive.
 #[derive(Debug, Clone)]
 pub struct ReceiveOptions {
-    /// Address of the sender (direct mode; unused when a signaling server is set).
+    /// Address of the sender (direct mode; unused when a signaling server is set). Empty:
+    /// find the sender of the code on the LAN over mDNS (see [`crate::lan`]).
     pub connect: String,
     /// Destination folder; the configured download folder when `None`.
     pub dir: Option<PathBuf>,
@@ -45,6 +46,22 @@ pub struct ReceiveOptions {
     pub auto_accept: bool,
     /// How long to keep reconnecting after the connection drops.
     pub reconnect_for: Duration,
+}
+
+/// Options of [`Node::listen`].
+#[derive(Debug, Clone)]
+pub struct ListenOptions {
+    /// Presence space to be online in; `None`: the devices behind the same public address.
+    pub space: Option<String>,
+    /// How incoming transfers are received (`connect` is unused).
+    pub receive: ReceiveOptions,
+}
+
+/// A pinned device.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TrustedDevice {
+    pub device: String,
+    pub name: String,
 }
 
 /// What a sender offers, shown before accepting.
@@ -111,7 +128,17 @@ pub(crate) enum Command {
     Send {
         paths: Vec<PathBuf>,
         opts: SendOptions,
+        to: Option<tasks::SendTo>,
         reply: oneshot::Sender<Result<SendStarted>>,
+    },
+    Listen {
+        opts: ListenOptions,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    Incoming {
+        request: crate::pairing::DeviceRequest,
+        trusted: bool,
+        opts: ReceiveOptions,
     },
     Receive {
         code: String,
@@ -263,8 +290,76 @@ impl Node {
 
     /// Offers `paths`; returns once the code exists and the listener is up.
     pub async fn send(&self, paths: Vec<PathBuf>, opts: SendOptions) -> Result<SendStarted> {
-        self.ask(|reply| Command::Send { paths, opts, reply })
-            .await?
+        self.ask(|reply| Command::Send {
+            paths,
+            opts,
+            to: None,
+            reply,
+        })
+        .await?
+    }
+
+    /// Sends `paths` to the device `peer` (its name, or its id or an 8+ character prefix of
+    /// it) that is online in `space` on the signaling server: no code, the two device keys
+    /// authenticate the session (`Event::Verify` carries the phrase both screens show).
+    pub async fn send_to(
+        &self,
+        peer: &str,
+        space: Option<String>,
+        paths: Vec<PathBuf>,
+        opts: SendOptions,
+    ) -> Result<SendStarted> {
+        let to = Some(tasks::SendTo {
+            peer: peer.to_owned(),
+            space,
+        });
+        self.ask(|reply| Command::Send {
+            paths,
+            opts,
+            to,
+            reply,
+        })
+        .await?
+    }
+
+    /// Keeps this device online in its space on the signaling server and receives what
+    /// other devices send to it: each request shows up as `Event::Verify` + `Event::Offer`
+    /// and waits for [`Node::decide`] unless auto-accepted. Runs until [`Node::cancel`]
+    /// with the id `"listen"` or shutdown.
+    pub async fn listen(&self, opts: ListenOptions) -> Result<()> {
+        self.ask(|reply| Command::Listen { opts, reply }).await?
+    }
+
+    /// This device's id (the public half of its key), created on first use.
+    pub async fn device_id(&self) -> Result<String> {
+        let dir = self.store.path().parent().map(std::path::Path::to_owned);
+        let dir = dir.ok_or_else(|| Error::protocol("store without a folder"))?;
+        tokio::task::spawn_blocking(move || {
+            crate::device::DeviceKey::load_or_create(&dir).map(|k| k.id())
+        })
+        .await
+        .map_err(|_| Error::protocol("device key task failed"))?
+    }
+
+    /// Pins a device: later sessions from a device with its name but another key fail.
+    pub async fn trust(&self, device: &str, name: &str) -> Result<()> {
+        let (device, name) = (device.to_owned(), name.to_owned());
+        self.store.call(move |s| s.trust(&device, &name)).await
+    }
+
+    /// Unpins a device; false if it was not pinned.
+    pub async fn forget(&self, device: &str) -> Result<bool> {
+        let device = device.to_owned();
+        self.store.call(move |s| s.forget(&device)).await
+    }
+
+    /// Pinned devices.
+    pub async fn trusted(&self) -> Result<Vec<TrustedDevice>> {
+        let rows = self.store.call(|s| s.trusted()).await?;
+        Ok(rows
+            .into_iter()
+            .map(|(device, name)| TrustedDevice { device, name })
+            .collect())
     }
 
     /// Connects with a code; returns the offer (already being accepted if `auto_accept`).
@@ -353,6 +448,9 @@ impl Node {
     }
 }
 
+/// The id under which the `listen` task runs (cancel it to stop listening).
+pub const LISTEN_ID: &str = "listen";
+
 /// A running transfer's controls.
 pub(crate) struct Running {
     cancel: CancellationToken,
@@ -408,10 +506,46 @@ impl Actor {
 
     fn handle(&mut self, cmd: Command) {
         match cmd {
-            Command::Send { paths, opts, reply } => {
+            Command::Send {
+                paths,
+                opts,
+                to,
+                reply,
+            } => {
                 let (ctx, token) = self.task_ctx();
                 self.tasks
-                    .spawn(tasks::send(ctx, paths, opts, token, reply));
+                    .spawn(tasks::send(ctx, paths, opts, to, token, reply));
+            }
+            Command::Listen { opts, reply } => {
+                if self.running.contains_key(LISTEN_ID) {
+                    let _ = reply.send(Err(Error::InvalidInput {
+                        reason: "already listening".into(),
+                    }));
+                    return;
+                }
+                let (ctx, token) = self.task_ctx();
+                self.running
+                    .insert(LISTEN_ID.to_owned(), Running::of(&ctx, token.clone()));
+                let internal = self.ctx.internal.clone();
+                let listening = tasks::listen(ctx, opts, token, reply);
+                self.tasks.spawn(async move {
+                    listening.await;
+                    let _ = internal
+                        .send(Command::Finished {
+                            id: LISTEN_ID.to_owned(),
+                            outcome: Outcome::failed(&Error::Cancelled),
+                        })
+                        .await;
+                });
+            }
+            Command::Incoming {
+                request,
+                trusted,
+                opts,
+            } => {
+                let (ctx, token) = self.task_ctx();
+                self.tasks
+                    .spawn(tasks::receive_device(ctx, request, trusted, opts, token));
             }
             Command::Receive { code, opts, reply } => {
                 let (ctx, token) = self.task_ctx();

@@ -17,12 +17,15 @@ use skiff_proto::code::ShareCode;
 use skiff_proto::frame::{Plain, COUNTER_LEN};
 use skiff_proto::handshake::DialHello;
 use skiff_proto::rendezvous::SenderSignal;
-use skiff_proto::signal::{DeviceId, IceServer, Nameplate, PeerId, SealedBlob, SpaceName};
+use skiff_proto::signal::{
+    DeviceId, IceServer, Nameplate, PeerId, PeerInfo, SealedBlob, SpaceName,
+};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::crypto::Secret;
+use crate::device::{self, DeviceKey, DeviceSession};
 use crate::paths;
 use crate::session::{self, Channel};
 use crate::signal::{SignalClient, SignalEvent, SignalOptions};
@@ -47,11 +50,31 @@ fn signal_err(reason: impl Into<String>) -> Error {
 }
 
 impl SignalLink {
-    /// Connects to `url` (in presence `space`, or the server's default grouping) and
-    /// waits for the server's welcome.
+    /// Connects to `url` in presence `space` and waits for the server's welcome.
+    /// Without a space, the link gets a private one of its own: a code's pairing link
+    /// must not show up in anybody's list of devices.
     pub async fn connect(url: &str, device_name: &str, space: Option<SpaceName>) -> Result<Self> {
-        let device_id = DeviceId::try_from(hex::encode(rand::random::<[u8; 16]>()))
-            .map_err(|e| signal_err(e.to_string()))?;
+        let space = match space {
+            Some(s) => s,
+            None => {
+                SpaceName::try_from(format!("pair-{}", hex::encode(rand::random::<[u8; 12]>())))
+                    .map_err(signal_err)?
+            }
+        };
+        let id = hex::encode(rand::random::<[u8; 16]>());
+        Self::connect_as(url, &id, device_name, Some(space)).await
+    }
+
+    /// [`SignalLink::connect`] under a stable device id (peer-list sends); `space` `None`
+    /// is the server's default grouping (the devices behind one public address).
+    pub async fn connect_as(
+        url: &str,
+        device_id: &str,
+        device_name: &str,
+        space: Option<SpaceName>,
+    ) -> Result<Self> {
+        let device_id =
+            DeviceId::try_from(device_id.to_owned()).map_err(|e| signal_err(e.to_string()))?;
         let name: String = device_name
             .chars()
             .take(skiff_proto::signal::MAX_LABEL_LEN / 4)
@@ -104,6 +127,27 @@ impl SignalLink {
 
     pub async fn shutdown(&self) {
         self.client.shutdown().await;
+    }
+
+    /// The other peers in the space (the snapshot the server sends after its welcome).
+    pub async fn peers(&mut self) -> Result<Vec<PeerInfo>> {
+        tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match self.events.recv().await {
+                    Some(SignalEvent::Peers { list }) => return Ok(list),
+                    Some(SignalEvent::Stopped { reason })
+                    | Some(SignalEvent::Disconnected { reason, .. }) => {
+                        return Err(signal_err(format!("lost the signaling server: {reason}")))
+                    }
+                    Some(_) => {}
+                    None => return Err(signal_err("the signaling client stopped")),
+                }
+            }
+        })
+        .await
+        .map_err(|_| Error::Timeout {
+            what: "waiting for the list of peers",
+        })?
     }
 
     /// Runs `work` while routing blobs from `peer` into `inbox`. Losing the peer, the
@@ -450,6 +494,165 @@ pub async fn dial_rendezvous(
     .await;
     link.shutdown().await;
     result
+}
+
+/// Sender, peer-list send: proves this device to `peer` and learns its key (Noise XX over
+/// the relay), hands the session to `keep` (which stores the secret and opens the
+/// rendezvous), then offers `tcp` on the sealed channel the receiver opens with it.
+pub async fn device_offer<F: Future<Output = Result<()>>>(
+    link: &mut SignalLink,
+    peer: &PeerId,
+    key: &DeviceKey,
+    name: &str,
+    tcp: Vec<String>,
+    keep: impl FnOnce(DeviceSession) -> F,
+) -> Result<()> {
+    let (inbox_tx, inbox) = mpsc::channel(16);
+    let conn = relay::conn(link.client.clone(), peer.clone(), inbox);
+    let work = async {
+        let mut conn = conn;
+        let session = device::initiate(&mut conn, key, name).await?;
+        let secret = session.secret;
+        keep(session).await?;
+        let DialHello::Resume {
+            rendezvous, nonce, ..
+        } = session::read_hello(&mut conn).await?
+        else {
+            return Err(Error::protocol("the receiving device did not resume"));
+        };
+        if skiff_proto::handshake::hex_field::<32>(&rendezvous).ok()
+            != Some(crate::crypto::rendezvous(&secret))
+        {
+            return Err(Error::PeerVerification {
+                reason: "the receiving device does not hold the session key".into(),
+            });
+        }
+        let mut ch = session::accept_resume(conn, &secret, &nonce).await?;
+        ch.tx
+            .send_control(&SenderSignal::Paths { tcp }.encode())
+            .await
+    };
+    link.routed(peer, None, &inbox_tx, work).await
+}
+
+/// An incoming peer-list send, authenticated, with the sender's direct addresses.
+#[derive(Debug)]
+pub struct DeviceRequest {
+    pub device: device::PeerDevice,
+    pub secret: Secret,
+    pub tcp: Vec<String>,
+}
+
+/// Decides whether a device may proceed (say, refuses a key that differs from the one
+/// pinned for its name); `Ok(trusted)` to go on.
+pub type DeviceCheck = std::sync::Arc<
+    dyn Fn(device::PeerDevice) -> std::pin::Pin<Box<dyn Future<Output = Result<bool>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// Listener (`skiff listen`): answers devices that contact this one in its space until
+/// `cancel`; each one that passes the handshake and `check` becomes a [`DeviceRequest`].
+pub async fn serve_listen(
+    mut link: SignalLink,
+    key: DeviceKey,
+    name: String,
+    check: DeviceCheck,
+    requests: mpsc::Sender<(DeviceRequest, bool)>,
+    cancel: CancellationToken,
+) -> Result<()> {
+    let mut inboxes: HashMap<PeerId, mpsc::Sender<SealedBlob>> = HashMap::new();
+    let mut handlers: JoinSet<PeerId> = JoinSet::new();
+    let result = loop {
+        tokio::select! {
+            biased;
+            () = cancel.cancelled() => break Ok(()),
+            Some(done) = handlers.join_next() => {
+                if let Ok(peer) = done {
+                    inboxes.remove(&peer);
+                }
+            }
+            ev = link.events.recv() => match ev {
+                Some(SignalEvent::Message { from, blob }) => {
+                    if let Some(inbox) = inboxes.get(&from) {
+                        let _ = inbox.try_send(blob);
+                        continue;
+                    }
+                    if inboxes.len() >= MAX_RENDEZVOUS_PEERS {
+                        continue;
+                    }
+                    let (tx, rx) = mpsc::channel(32);
+                    let _ = tx.try_send(blob);
+                    inboxes.insert(from.clone(), tx);
+                    let conn = relay::conn(link.client.clone(), from.clone(), rx);
+                    let (key, name, check, requests) =
+                        (key.clone(), name.clone(), check.clone(), requests.clone());
+                    handlers.spawn(async move {
+                        match answer_device(conn, &key, &name, &check).await {
+                            Ok(r) => {
+                                let _ = requests.send(r).await;
+                            }
+                            Err(e) => tracing::info!("device request from {}: {e}", from.as_str()),
+                        }
+                        from
+                    });
+                }
+                Some(SignalEvent::PeerLeft { peer_id }) => {
+                    inboxes.remove(&peer_id);
+                }
+                Some(SignalEvent::Disconnected { reason, .. }) => {
+                    tracing::info!("listen: lost the signaling server ({reason}); reconnecting");
+                    inboxes.clear();
+                }
+                Some(SignalEvent::Stopped { reason }) => {
+                    break Err(signal_err(format!("the signaling client stopped: {reason}")))
+                }
+                Some(_) => {}
+                None => break Err(signal_err("the signaling client stopped")),
+            },
+        }
+    };
+    handlers.shutdown().await;
+    link.shutdown().await;
+    result
+}
+
+async fn answer_device(
+    mut conn: Conn,
+    key: &DeviceKey,
+    name: &str,
+    check: &DeviceCheck,
+) -> Result<(DeviceRequest, bool)> {
+    let first = device::first_message(&mut conn).await?;
+    let session = device::respond(&mut conn, key, name, &first).await?;
+    let trusted = check(session.peer.clone()).await?;
+    let mut ch = session::dial_resume(conn, &session.secret).await?;
+    let frame = tokio::time::timeout(session::HANDSHAKE_TIMEOUT, ch.rx.recv())
+        .await
+        .map_err(|_| Error::Timeout {
+            what: "waiting for the sending device's paths",
+        })??
+        .ok_or(Error::ConnectionClosed)?;
+    let Plain::Control(body) =
+        Plain::parse(&frame[COUNTER_LEN..]).map_err(|e| Error::protocol(e.to_string()))?
+    else {
+        return Err(Error::protocol("file data on the signaling channel"));
+    };
+    let SenderSignal::Paths { tcp } =
+        SenderSignal::decode(body).map_err(|e| Error::protocol(e.to_string()))?
+    else {
+        return Err(Error::protocol(
+            "the sending device did not offer its paths",
+        ));
+    };
+    Ok((
+        DeviceRequest {
+            device: session.peer,
+            secret: session.secret,
+            tcp,
+        },
+        trusted,
+    ))
 }
 
 /// This machine's addresses with `port`, for a sender listening on every interface.

@@ -43,6 +43,11 @@ CREATE TABLE IF NOT EXISTS files(
   local_name TEXT,                  -- receiver: final file name in that folder
   PRIMARY KEY(transfer, idx)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS trusted(
+  device_id TEXT PRIMARY KEY,       -- the device's public key, hex
+  name TEXT NOT NULL,
+  added INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS chunks(
   transfer TEXT NOT NULL,
   file INTEGER NOT NULL,
@@ -236,6 +241,34 @@ impl Store {
             params![id, resume_secret.to_vec(), path_kind, now()],
         )?;
         Ok(())
+    }
+
+    /// Pins a device (peer-list sends): its key is then expected for its name.
+    pub fn trust(&self, device_id: &str, name: &str) -> Result<()> {
+        self.lock().execute(
+            "INSERT INTO trusted(device_id, name, added) VALUES (?1, ?2, ?3)
+             ON CONFLICT(device_id) DO UPDATE SET name = excluded.name",
+            params![device_id, name, now()],
+        )?;
+        Ok(())
+    }
+
+    /// Unpins a device; true if it was pinned.
+    pub fn forget(&self, device_id: &str) -> Result<bool> {
+        Ok(self.lock().execute(
+            "DELETE FROM trusted WHERE device_id = ?1",
+            params![device_id],
+        )? > 0)
+    }
+
+    /// Pinned devices as (device id, name).
+    pub fn trusted(&self) -> Result<Vec<(String, String)>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare("SELECT device_id, name FROM trusted ORDER BY name")?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
     }
 
     /// The path the latest session took (`lan`, `direct`, `turn-udp`, …).

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::TransferLock;
 use crate::events::{Event, OfferEntry};
 use crate::fsx::DestDir;
+use crate::lan;
 use crate::node::{
     Command, Ctx, Decision, IncomingOffer, Outcome, ReceiveOptions, SendOptions, SendStarted,
     TransferInfo,
@@ -67,10 +68,65 @@ fn new_id() -> String {
 
 // ---------------------------------------------------------------- sender
 
+/// A peer-list send's target: a device name or id (prefix) in a presence space.
+#[derive(Debug, Clone)]
+pub(crate) struct SendTo {
+    pub peer: String,
+    pub space: Option<String>,
+}
+
+fn space_name(space: &Option<String>) -> Result<Option<skiff_proto::signal::SpaceName>> {
+    space
+        .clone()
+        .map(skiff_proto::signal::SpaceName::try_from)
+        .transpose()
+        .map_err(|reason| Error::InvalidInput { reason })
+}
+
+/// The one device in `peers` that `target` names (its id, an id prefix of 8+ characters,
+/// or its name, case-insensitively).
+fn pick_peer(
+    peers: &[skiff_proto::signal::PeerInfo],
+    target: &str,
+) -> Result<skiff_proto::signal::PeerInfo> {
+    let t = target.trim();
+    let by_id: Vec<_> = peers
+        .iter()
+        .filter(|p| {
+            let id = p.device_id.as_str();
+            id == t || (t.len() >= 8 && id.starts_with(t))
+        })
+        .collect();
+    let found = if by_id.is_empty() {
+        peers
+            .iter()
+            .filter(|p| p.name.eq_ignore_ascii_case(t))
+            .collect()
+    } else {
+        by_id
+    };
+    match found.as_slice() {
+        [one] => Ok((*one).clone()),
+        [] => Err(Error::InvalidInput {
+            reason: format!(
+                "no device {:?} is online in this space (see `skiff peers`)",
+                crate::names::display_escape(t)
+            ),
+        }),
+        _ => Err(Error::InvalidInput {
+            reason: format!(
+                "several devices are called {:?}: use the device id",
+                crate::names::display_escape(t)
+            ),
+        }),
+    }
+}
+
 pub(crate) async fn send(
     ctx: Ctx,
     paths: Vec<std::path::PathBuf>,
     opts: SendOptions,
+    to: Option<SendTo>,
     cancel: CancellationToken,
     reply: oneshot::Sender<Result<SendStarted>>,
 ) {
@@ -113,25 +169,58 @@ pub(crate) async fn send(
             })
             .await?;
         // With a signaling server, the server hands out the nameplate; otherwise any
-        // random number does (it only has to match on both ends).
-        let (code, link) = match &ctx.signal {
-            Some(url) => {
+        // random number does (it only has to match on both ends). A peer-list send has
+        // no code: the device handshake replaces it.
+        let (code, link) = match (&ctx.signal, to) {
+            (None, Some(_)) => {
+                return Err(Error::InvalidInput {
+                    reason: "sending to a device needs a signaling server".into(),
+                })
+            }
+            (Some(url), Some(to)) => {
+                let data_dir = ctx.config.data_dir.clone();
+                let key =
+                    blocking(move || crate::device::DeviceKey::load_or_create(&data_dir)).await?;
+                let mut link = SignalLink::connect_as(
+                    url,
+                    &key.id(),
+                    &ctx.config.device_name,
+                    space_name(&to.space)?,
+                )
+                .await?;
+                let target = match link.peers().await.and_then(|p| pick_peer(&p, &to.peer)) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        link.shutdown().await;
+                        return Err(e);
+                    }
+                };
+                let meet = Meet::Device {
+                    peer: target.peer_id,
+                    key,
+                };
+                (None, Some((link, meet)))
+            }
+            (Some(url), None) => {
                 let link = SignalLink::connect(url, &ctx.config.device_name, None).await?;
                 match pairing::allocate_code(&link).await {
-                    Ok((code, nameplate)) => (code, Some((link, nameplate))),
+                    Ok((code, nameplate)) => (
+                        Some(code.clone()),
+                        Some((link, Meet::Code { nameplate, code })),
+                    ),
                     Err(e) => {
                         link.shutdown().await;
                         return Err(e);
                     }
                 }
             }
-            None => {
+            (None, None) => {
                 let mut rng = rand::thread_rng();
                 let code = ShareCode::generate(&ShareCode::random_nameplate(&mut rng), &mut rng)
                     .map_err(|e| Error::BadCode {
                         reason: e.to_string(),
                     })?;
-                (code, None)
+                (Some(code), None)
             }
         };
         Ok::<_, Error>((offer, listener, listen, lock, code, link))
@@ -151,38 +240,56 @@ pub(crate) async fn send(
             running: crate::node::Running::of(&ctx, cancel.clone()),
         })
         .await;
-    ctx.events.emit(Event::Code {
-        transfer: id.clone(),
-        code: code.to_string(),
-        link: code.link(),
-        listen: listen.clone(),
-    });
+    if let Some(code) = &code {
+        ctx.events.emit(Event::Code {
+            transfer: id.clone(),
+            code: code.to_string(),
+            link: code.link(),
+            listen: listen.clone(),
+        });
+    }
     let _ = reply.send(Ok(SendStarted {
         id: id.clone(),
-        code: code.to_string(),
+        code: code.as_ref().map(ToString::to_string).unwrap_or_default(),
         listen,
         skipped: offer.skipped,
     }));
     let outcome = match link {
-        None => seed(&ctx, &id, listener, None, Some(code), &cancel).await,
-        Some((link, nameplate)) => {
-            seed_paired(&ctx, &id, listener, link, nameplate, code, &cancel).await
+        None => {
+            // Announced on the LAN until the code's one attempt (dropped with it in `seed`).
+            let code = code.map(|c| lan::announce_code(c, &listener, &ctx.config.device_name));
+            seed(&ctx, &id, listener, None, code, &cancel).await
         }
+        Some((link, meet)) => seed_paired(&ctx, &id, listener, link, meet, &cancel).await,
     };
     drop(lock);
     ctx.finished(&id, outcome).await;
 }
 
-/// A sender paired through the signaling server: the code's PAKE runs over the relay and
-/// stores the resume secret; the sender then waits at the transfer's rendezvous (for the
-/// WebRTC or TURN paths) while its listener takes direct TCP connections.
+/// How a sender meets its receiver on the signaling server.
+enum Meet {
+    /// A share code: its nameplate, and the PAKE over the relay.
+    Code {
+        nameplate: skiff_proto::signal::Nameplate,
+        code: ShareCode,
+    },
+    /// Peer-list send to the device behind `peer`: the Noise handshake of device keys.
+    Device {
+        peer: skiff_proto::signal::PeerId,
+        key: crate::device::DeviceKey,
+    },
+}
+
+/// A sender paired through the signaling server: the code's PAKE (or the device
+/// handshake) runs over the relay and stores the resume secret; the sender then waits at
+/// the transfer's rendezvous (for the WebRTC or TURN paths) while its listener takes
+/// direct TCP connections.
 async fn seed_paired(
     ctx: &Ctx,
     id: &str,
     listener: TcpListener,
     mut link: SignalLink,
-    nameplate: skiff_proto::signal::Nameplate,
-    code: ShareCode,
+    meet: Meet,
     cancel: &CancellationToken,
 ) -> Outcome {
     let addrs = tcp_paths(ctx, &listener);
@@ -190,19 +297,58 @@ async fn seed_paired(
     let pair = async {
         // The secret is stored, and the sender is at the rendezvous, before the receiver
         // learns where to connect.
-        let keep = |secret: crate::crypto::Secret| {
+        let keep = |secret: crate::crypto::Secret, peer: Option<(String, String)>| {
             let (id2, url, name) = (id.to_owned(), link_url(ctx), ctx.config.device_name.clone());
             async move {
                 ctx.store
-                    .call(move |s| s.set_session(&id2, &secret, "direct"))
+                    .call(move |s| {
+                        s.set_session(&id2, &secret, "direct")?;
+                        match peer {
+                            Some((peer_name, _)) => s.set_peer_name(&id2, &peer_name),
+                            None => Ok(()),
+                        }
+                    })
                     .await?;
                 let rv = pairing::open_rendezvous(&url, &name, &secret).await?;
                 let _ = met_tx.send((rv, secret));
                 Ok(())
             }
         };
-        let r =
-            pairing::sender_pair(&mut link, &nameplate, &code, addrs.clone(), keep, cancel).await;
+        let r = match meet {
+            Meet::Code { nameplate, code } => {
+                pairing::sender_pair(
+                    &mut link,
+                    &nameplate,
+                    &code,
+                    addrs.clone(),
+                    |secret| keep(secret, None),
+                    cancel,
+                )
+                .await
+            }
+            Meet::Device { peer, key } => {
+                let name = ctx.config.device_name.clone();
+                pairing::device_offer(&mut link, &peer, &key, &name, addrs.clone(), |session| {
+                    let pinned = ctx.store.clone();
+                    let device = session.peer.clone();
+                    async move {
+                        let d2 = device.clone();
+                        let trusted = pinned
+                            .call(move |s| crate::device::check_pinned(&s.trusted()?, &d2))
+                            .await?;
+                        ctx.events.emit(Event::Verify {
+                            transfer: id.to_owned(),
+                            peer: device.name.clone(),
+                            device: device.id.clone(),
+                            phrase: device.phrase.clone(),
+                            trusted,
+                        });
+                        keep(session.secret, Some((device.name, device.id))).await
+                    }
+                })
+                .await
+            }
+        };
         link.shutdown().await;
         r
     };
@@ -328,7 +474,7 @@ async fn seed(
     id: &str,
     listener: TcpListener,
     mut incoming: Option<mpsc::Receiver<Conn>>,
-    mut code: Option<ShareCode>,
+    mut code: Option<lan::UnusedCode>,
     cancel: &CancellationToken,
 ) -> Outcome {
     let sctx = match send_ctx(ctx, id, cancel).await {
@@ -579,6 +725,50 @@ pub(crate) async fn receive(
 ) {
     let mut reply = Some(reply);
     let first = receive_first(&ctx, &code, &opts, &cancel, &mut reply).await;
+    receive_rest(ctx, first, opts, cancel, reply).await;
+}
+
+/// A peer-list send that `listen` accepted the device of: connect, then as [`receive`].
+pub(crate) async fn receive_device(
+    ctx: Ctx,
+    request: pairing::DeviceRequest,
+    trusted: bool,
+    opts: ReceiveOptions,
+    cancel: CancellationToken,
+) {
+    let mut reply = None;
+    let first = async {
+        let url = link_url(&ctx);
+        let ch = connect_paired(&ctx, &url, &request.secret, &request.tcp, true).await?;
+        let peer = if ch.remote.starts_with("webrtc:") || request.tcp.is_empty() {
+            "rendezvous".to_owned()
+        } else {
+            ch.remote.clone()
+        };
+        let device = Some((request.device.clone(), trusted));
+        receive_on(
+            &ctx,
+            ch,
+            request.secret,
+            peer,
+            device,
+            &opts,
+            &cancel,
+            &mut reply,
+        )
+        .await
+    }
+    .await;
+    receive_rest(ctx, first, opts, cancel, None).await;
+}
+
+async fn receive_rest(
+    ctx: Ctx,
+    first: Result<(String, bool, Result<Vec<crate::events::DoneFile>>)>,
+    opts: ReceiveOptions,
+    cancel: CancellationToken,
+    mut reply: Option<oneshot::Sender<Result<IncomingOffer>>>,
+) {
     let (id, outcome) = match first {
         Ok((id, _, Ok(files))) => {
             let o = done(&ctx, &id, files).await;
@@ -605,6 +795,79 @@ pub(crate) async fn receive(
         }
     };
     ctx.finished(&id, outcome).await;
+}
+
+/// `listen`: keeps this device online in its space and turns every authenticated device
+/// request into a receive (through the node, which owns those tasks).
+pub(crate) async fn listen(
+    ctx: Ctx,
+    opts: crate::node::ListenOptions,
+    cancel: CancellationToken,
+    reply: oneshot::Sender<Result<()>>,
+) {
+    let started = async {
+        let url = ctx.signal.clone().ok_or_else(|| Error::InvalidInput {
+            reason: "listening needs a signaling server".into(),
+        })?;
+        let data_dir = ctx.config.data_dir.clone();
+        let key = blocking(move || crate::device::DeviceKey::load_or_create(&data_dir)).await?;
+        let link = SignalLink::connect_as(
+            &url,
+            &key.id(),
+            &ctx.config.device_name,
+            space_name(&opts.space)?,
+        )
+        .await?;
+        Ok::<_, Error>((key, link))
+    }
+    .await;
+    let (key, link) = match started {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = reply.send(Err(e));
+            return;
+        }
+    };
+    ctx.events.emit(Event::Listening {
+        device: key.id(),
+        name: ctx.config.device_name.clone(),
+    });
+    let _ = reply.send(Ok(()));
+    let store = ctx.store.clone();
+    let check: pairing::DeviceCheck = std::sync::Arc::new(move |d| {
+        let store = store.clone();
+        Box::pin(async move {
+            store
+                .call(move |s| crate::device::check_pinned(&s.trusted()?, &d))
+                .await
+        })
+    });
+    let (tx, mut rx) = mpsc::channel(4);
+    let serving = pairing::serve_listen(
+        link,
+        key,
+        ctx.config.device_name.clone(),
+        check,
+        tx,
+        cancel.clone(),
+    );
+    tokio::pin!(serving);
+    loop {
+        tokio::select! {
+            r = &mut serving => {
+                if let Err(e) = r {
+                    ctx.events.error(None, &e);
+                }
+                return;
+            }
+            Some((request, trusted)) = rx.recv() => {
+                let _ = ctx
+                    .internal
+                    .send(Command::Incoming { request, trusted, opts: opts.receive.clone() })
+                    .await;
+            }
+        }
+    }
 }
 
 /// Receiver, direct mode: dial the sender and run the code's PAKE on that connection.
@@ -687,13 +950,30 @@ async fn receive_first(
     let code = ShareCode::parse(code).map_err(|e| Error::BadCode {
         reason: e.to_string(),
     })?;
-    let (mut ch, secret, peer_addr) = match &ctx.signal {
+    let (ch, secret, peer_addr) = match &ctx.signal {
         Some(url) => paired_channel(ctx, url, &code).await?,
+        None if opts.connect.is_empty() => lan::dial_code(&code).await?,
         None => {
             let (ch, secret) = direct_channel(&opts.connect, &code).await?;
             (ch, secret, opts.connect.clone())
         }
     };
+    receive_on(ctx, ch, secret, peer_addr, None, opts, cancel, reply).await
+}
+
+/// The first session once a channel to the sender exists (from a code or a device
+/// request): offer, decision, layout, data.
+#[allow(clippy::too_many_arguments)]
+async fn receive_on(
+    ctx: &Ctx,
+    mut ch: Channel,
+    secret: crate::crypto::Secret,
+    peer_addr: String,
+    device: Option<(crate::device::PeerDevice, bool)>,
+    opts: &ReceiveOptions,
+    cancel: &CancellationToken,
+    reply: &mut Option<oneshot::Sender<Result<IncomingOffer>>>,
+) -> Result<(String, bool, Result<Vec<crate::events::DoneFile>>)> {
     let (id, sender, manifest) = match read_offer(&mut ch).await {
         Ok(o) => o,
         Err(e) => {
@@ -721,6 +1001,15 @@ async fn receive_first(
         total: manifest.total_bytes().unwrap_or(0),
         entries: entries.clone(),
     };
+    if let Some((d, trusted)) = &device {
+        ctx.events.emit(Event::Verify {
+            transfer: id.clone(),
+            peer: d.name.clone(),
+            device: d.id.clone(),
+            phrase: d.phrase.clone(),
+            trusted: *trusted,
+        });
+    }
     ctx.events.emit(Event::Offer {
         transfer: id.clone(),
         sender: sender.clone(),
