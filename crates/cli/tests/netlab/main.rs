@@ -250,8 +250,8 @@ fn case2_symmetric_to_symmetric_goes_through_turn_udp() {
 // ---- 3. UDP blocked -------------------------------------------------------------------
 
 #[test]
-#[ignore = "needs the TURN over TCP/TLS fallback: today the receiver gives up with \"timed out \
-            connecting to the peer over WebRTC (no route to peer: try TURN)\""]
+#[ignore = "needs the TURN TCP relay wired into the data paths (transport::turn_tcp is on \
+            main; paths::serve still answers a TurnTcp request with Unavailable)"]
 fn case3_receiver_behind_udp_blocking_firewall_completes_over_turn_tcp() {
     let Some(lab) = Lab::up("case3-udp-blocked", &["--nat", "cone", "--block-udp", "b"]) else {
         return;
