@@ -134,7 +134,10 @@ impl Lab {
             if std::env::var_os("CI").is_some() {
                 panic!("netlab {name}: CI is set but the NAT lab cannot run: {why}");
             }
-            eprintln!(
+            // Straight to stderr, past the test harness's capture: a skip must be seen.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
                 "\n!!!!!!!! SKIPPED netlab test {name}: {why}.\n\
                  !!!!!!!! The NAT lab tests ran NOTHING. Run them as root: \
                  sudo -E cargo test -p skiff --test netlab -- --include-ignored\n"
