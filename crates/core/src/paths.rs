@@ -24,6 +24,7 @@ use tokio::sync::mpsc;
 
 use crate::crypto::Secret;
 use crate::session::{self, Channel};
+use crate::transport::turn_tcp::{self, TcpAllocation, TurnServer};
 use crate::transport::webrtc::{self, RtcConfig, RtcRole, RtcSignal};
 use crate::transport::{tcp, Conn};
 use crate::{Error, Result};
@@ -32,6 +33,10 @@ use crate::{Error, Result};
 pub const TCP_TIMEOUT: Duration = Duration::from_millis(1500);
 /// ICE gathering, checks and the DTLS/SCTP setup together.
 pub const RTC_TIMEOUT: Duration = Duration::from_secs(12);
+/// When WebRTC has not connected by then, the receiver also asks for the TCP relay.
+pub const TURN_FALLBACK_AFTER: Duration = Duration::from_secs(3);
+/// How long the sender's TCP relay allocation waits for the receiver.
+const TURN_ACCEPT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Waiting for the peer's next negotiation message.
 const SIGNAL_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -151,8 +156,20 @@ pub async fn serve(
     let mut attempt: Option<RtcAttempt> = None;
     let mut connecting: Option<BoxFut<Result<webrtc::RtcConn>>> = None;
     let mut remote_sdp: Option<String> = None;
+    let mut relaying: Option<BoxFut<Result<Conn>>> = None;
     loop {
         tokio::select! {
+            done = maybe(&mut relaying) => {
+                relaying = None;
+                match done {
+                    Ok(c) => {
+                        if incoming.send(c).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                    Err(e) => tracing::info!("TCP relay for the receiver failed: {e}"),
+                }
+            }
             body = next_control(&mut sig) => {
                 let Some(body) = body? else { return Ok(()) };
                 match ReceiverSignal::decode(&body).map_err(|e| Error::protocol(e.to_string()))? {
@@ -168,10 +185,24 @@ pub async fn serve(
                             remote_sdp = a.remote_sdp.clone();
                         }
                     }
-                    ReceiverSignal::TurnTcp { .. } => {
-                        sig.tx
-                            .send_control(&SenderSignal::Unavailable { what: "turn-tcp".into() }.encode())
-                            .await?;
+                    ReceiverSignal::TurnTcp { public } => {
+                        match allocate_for(&rtc, &public).await {
+                            Ok(alloc) => {
+                                let relayed = alloc.relayed_addr().to_string();
+                                sig.tx.send_control(&SenderSignal::TurnTcp { relayed }.encode()).await?;
+                                relaying = Some(Box::pin(async move {
+                                    tokio::time::timeout(TURN_ACCEPT_TIMEOUT, alloc.accept())
+                                        .await
+                                        .map_err(|_| Error::Timeout { what: "waiting for the receiver at the TURN relay" })?
+                                }));
+                            }
+                            Err(e) => {
+                                tracing::info!("no TCP relay for the receiver: {e}");
+                                sig.tx
+                                    .send_control(&SenderSignal::Unavailable { what: "turn-tcp".into() }.encode())
+                                    .await?;
+                            }
+                        }
                     }
                     _ => return Err(Error::protocol("unknown signal from the receiver")),
                 }
@@ -248,33 +279,144 @@ pub async fn dial_tcp(addrs: &[String], secret: &Secret) -> Result<Channel> {
     Err(last)
 }
 
-/// Receiver: a WebRTC data connection, negotiated as the offerer over `sig`.
+/// The TCP/TLS TURN servers among the ICE servers (TLS first).
+fn tcp_turn_servers(rtc: &RtcConfig) -> Vec<TurnServer> {
+    let ice: Vec<skiff_proto::signal::IceServer> = rtc
+        .ice_servers
+        .iter()
+        .map(|s| skiff_proto::signal::IceServer {
+            urls: s.urls.clone(),
+            username: Some(s.username.clone()),
+            credential: Some(s.credential.clone()),
+        })
+        .collect();
+    TurnServer::from_ice(&ice)
+}
+
+/// Sender: a TCP allocation on the first TURN server that grants one, permitting the
+/// receiver's public address `public` (as the TURN server saw it).
+async fn allocate_for(rtc: &RtcConfig, public: &str) -> Result<TcpAllocation> {
+    let ip = public
+        .parse::<std::net::SocketAddr>()
+        .map(|a| a.ip())
+        .map_err(|_| Error::protocol("the receiver's public address is not an address"))?;
+    let mut last = Error::protocol("no TURN server with TCP or TLS is configured");
+    for server in tcp_turn_servers(rtc) {
+        match TcpAllocation::allocate(&server).await {
+            Ok(alloc) => match alloc.permit(ip).await {
+                Ok(()) => return Ok(alloc),
+                Err(e) => last = e,
+            },
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// Receiver: this side's public address as the first reachable TCP/TLS TURN server sees it.
+async fn public_tcp_addr(servers: Vec<TurnServer>) -> Result<String> {
+    let mut last = Error::protocol("no TURN server with TCP or TLS is configured");
+    for server in &servers {
+        match turn_tcp::public_addr(server).await {
+            Ok(a) => return Ok(a.to_string()),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// Receiver: a data connection over WebRTC (as the offerer) or, when that has not
+/// connected within [`TURN_FALLBACK_AFTER`] (UDP blocked, say) or failed, over the sender's
+/// TCP relay allocation on the TURN server — whichever works first.
 async fn dial_rtc(sig: &mut Channel, rtc: &RtcConfig) -> Result<Conn> {
     let mut a = RtcAttempt::start(RtcRole::Offerer, rtc);
     let mut connecting = a.fut.take();
+    let turn_servers = tcp_turn_servers(rtc);
+    let mut fallback_at: Option<BoxFut<()>> = (!turn_servers.is_empty())
+        .then(|| Box::pin(tokio::time::sleep(TURN_FALLBACK_AFTER)) as BoxFut<()>);
+    let mut public: Option<BoxFut<Result<String>>> = None;
+    let mut relay_dial: Option<BoxFut<Result<Conn>>> = None;
+    let mut rtc_error: Option<Error> = None;
+    let mut turn_error: Option<Error> = if turn_servers.is_empty() {
+        Some(Error::protocol("no TURN server with TCP or TLS"))
+    } else {
+        None
+    };
+    let mut turn_started = false;
     loop {
-        tokio::select! {
+        if let (Some(r), Some(t)) = (&rtc_error, &turn_error) {
+            tracing::info!("TCP relay fallback: {t}");
+            return Err(match r {
+                Error::Timeout { .. } => Error::Timeout {
+                    what: "connecting to the peer (no route to peer: try a TURN server, or check the firewall)",
+                },
+                _ => rtc_error.take().unwrap_or(Error::ConnectionClosed),
+            });
+        }
+        let start_turn = tokio::select! {
             done = maybe(&mut connecting) => {
-                let c = done?;
-                check_fingerprint(a.remote_sdp.as_deref(), &c.remote_fingerprint)?;
-                return Ok(c.conn);
+                connecting = None;
+                match done.and_then(|c| check_fingerprint(a.remote_sdp.as_deref(), &c.remote_fingerprint).map(|()| c)) {
+                    Ok(c) => return Ok(c.conn),
+                    Err(e @ Error::PeerVerification { .. }) => return Err(e),
+                    Err(e) => {
+                        tracing::info!("WebRTC failed: {e}");
+                        rtc_error = Some(e);
+                        true
+                    }
+                }
             }
-            out = a.to_peer.recv() => {
+            () = maybe(&mut fallback_at) => {
+                fallback_at = None;
+                true
+            }
+            r = maybe(&mut public) => {
+                public = None;
+                match r {
+                    Ok(public) => {
+                        sig.tx.send_control(&ReceiverSignal::TurnTcp { public }.encode()).await?;
+                    }
+                    Err(e) => turn_error = Some(e),
+                }
+                false
+            }
+            r = maybe(&mut relay_dial) => {
+                relay_dial = None;
+                match r {
+                    Ok(c) => return Ok(c),
+                    Err(e) => turn_error = Some(e),
+                }
+                false
+            }
+            out = a.to_peer.recv(), if connecting.is_some() => {
                 if let Some(s) = out {
                     sig.tx.send_control(&ReceiverSignal::Rtc { msg: to_wire(s) }.encode()).await?;
                 }
+                false
             }
             body = next_control(sig) => {
                 let Some(body) = body? else { return Err(Error::ConnectionClosed) };
                 match SenderSignal::decode(&body).map_err(|e| Error::protocol(e.to_string()))? {
                     SenderSignal::Rtc { msg } => a.feed(msg).await,
                     SenderSignal::Paths { .. } => {}
+                    SenderSignal::TurnTcp { relayed } => {
+                        let addr = relayed
+                            .parse::<std::net::SocketAddr>()
+                            .map_err(|_| Error::protocol("the relayed address is not an address"))?;
+                        relay_dial = Some(Box::pin(turn_tcp::dial(addr)));
+                    }
                     SenderSignal::Unavailable { what } => {
-                        return Err(Error::protocol(format!("the sender cannot offer {what}")))
+                        turn_error = Some(Error::protocol(format!("the sender cannot offer {what}")));
                     }
                     _ => return Err(Error::protocol("unknown signal from the sender")),
                 }
+                false
             }
+        };
+        if start_turn && !turn_started && turn_error.is_none() {
+            turn_started = true;
+            fallback_at = None;
+            public = Some(Box::pin(public_tcp_addr(turn_servers.clone())));
         }
     }
 }

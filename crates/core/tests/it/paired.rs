@@ -20,6 +20,10 @@ struct Server {
 
 impl Server {
     async fn start() -> Server {
+        Self::start_with(skiff_signal::Config::default()).await
+    }
+
+    async fn start_with(config: skiff_signal::Config) -> Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("ws://{}/ws", listener.local_addr().unwrap());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -27,9 +31,7 @@ impl Server {
             let shutdown = async move {
                 let _ = stopped.await;
             };
-            skiff_signal::run(listener, skiff_signal::Config::default(), shutdown)
-                .await
-                .unwrap();
+            skiff_signal::run(listener, config, shutdown).await.unwrap();
         });
         Server {
             url,
@@ -50,6 +52,11 @@ impl Server {
 
 /// A node that offers and tries no direct TCP and binds WebRTC to loopback.
 async fn rtc_node(data: &Path, home: &Path, url: &str) -> Node {
+    rtc_node_with(data, home, url, false).await
+}
+
+/// With `relay_only`, WebRTC may use TURN relay candidates only.
+async fn rtc_node_with(data: &Path, home: &Path, url: &str, relay_only: bool) -> Node {
     // `RUST_LOG=skiff_core=debug` shows the negotiation when a test fails.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -61,6 +68,7 @@ async fn rtc_node(data: &Path, home: &Path, url: &str) -> Node {
     config.tcp_paths = false;
     config.rtc = RtcConfig {
         bind: vec!["127.0.0.1:0".parse().unwrap()],
+        relay_only,
         ..RtcConfig::default()
     };
     let node = Node::spawn(config).await.unwrap();
@@ -272,5 +280,68 @@ async fn a_paused_download_stays_paused_and_resumes_from_its_checkpoint() {
     assert!(std::fs::read(dest.join("movie.bin")).unwrap() == data);
     sender.shutdown().await;
     receiver.shutdown().await;
+    assert_no_engine_panic();
+}
+
+/// UDP blocked: no TURN-over-UDP, so WebRTC cannot connect (relay-only, and the only
+/// TURN URL is TCP, which webrtc 0.21.1 does not use); the receiver falls back to the
+/// sender's RFC 6062 TCP allocation on coturn, and the transfer completes as `turn-tcp`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_udp_the_transfer_takes_the_tcp_relay() {
+    let Some(turn) = crate::turn_tcp::Coturn::start(7, &[]).await else {
+        return;
+    };
+    let mut config = skiff_signal::Config::default();
+    config.turn.secret = Some(crate::turn_tcp::SECRET.to_owned());
+    config.turn.urls = vec![format!("turn:127.0.0.1:{}?transport=tcp", turn.port)];
+    let server = Server::start_with(config).await;
+    let t = tempfile::tempdir().unwrap();
+    let (a, b) = (t.path().join("a"), t.path().join("b"));
+    let sender = rtc_node_with(&a.join("state"), &a, &server.url, true).await;
+    let receiver = rtc_node_with(&b.join("state"), &b, &server.url, true).await;
+    let src = a.join("report.bin");
+    let data = bytes(6 * 1024 * 1024 + 3, 5);
+    std::fs::write(&src, &data).unwrap();
+    let started = sender
+        .send(
+            vec![src],
+            SendOptions {
+                listen: "127.0.0.1:0".into(),
+            },
+        )
+        .await
+        .unwrap();
+    let dest = b.join("dest");
+    std::fs::create_dir_all(&dest).unwrap();
+    let offer = tokio::time::timeout(
+        Duration::from_secs(40),
+        receiver.receive(
+            &started.code,
+            ReceiveOptions {
+                connect: String::new(),
+                dir: Some(dest.clone()),
+                auto_accept: true,
+                reconnect_for: Duration::from_secs(5),
+            },
+        ),
+    )
+    .await
+    .expect("connected within 40 s")
+    .unwrap();
+    let out = within("receiver", receiver.wait(&offer.id)).await.unwrap();
+    let Outcome::Done { path, .. } = out else {
+        panic!("receiver: {out:?}")
+    };
+    assert_eq!(path, "turn-tcp");
+    assert!(std::fs::read(dest.join("report.bin")).unwrap() == data);
+    let sent = within("sender", sender.wait(&started.id)).await.unwrap();
+    assert!(
+        matches!(sent, Outcome::Done { ref path, .. } if path == "turn-tcp"),
+        "{sent:?}"
+    );
+    sender.shutdown().await;
+    receiver.shutdown().await;
+    server.stop().await;
+    drop(turn);
     assert_no_engine_panic();
 }

@@ -20,14 +20,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::util::within;
 
-const SECRET: &str = "turn-tcp-secret";
+pub(crate) const SECRET: &str = "turn-tcp-secret";
 const REALM: &str = "skiff.test";
 
 /// A coturn (`turnserver`) on loopback ports, TCP and TLS listeners only, killed on drop.
 /// Its log is printed when the test failed.
-struct Coturn {
+pub(crate) struct Coturn {
     child: Child,
-    port: u16,
+    pub(crate) port: u16,
     tls_port: u16,
     cert_pem: String,
     dir: PathBuf,
@@ -61,7 +61,7 @@ fn free_port() -> u16 {
 impl Coturn {
     /// None (and a note) when coturn is not installed; a panic then if `CI` is set.
     /// `slot` picks a relay port range of its own, so tests can run side by side.
-    async fn start(slot: u16, extra: &[&str]) -> Option<Coturn> {
+    pub(crate) async fn start(slot: u16, extra: &[&str]) -> Option<Coturn> {
         let Some(bin) = ["/usr/bin/turnserver", "/usr/local/bin/turnserver"]
             .into_iter()
             .find(|p| std::path::Path::new(p).exists())
