@@ -250,8 +250,6 @@ fn case2_symmetric_to_symmetric_goes_through_turn_udp() {
 // ---- 3. UDP blocked -------------------------------------------------------------------
 
 #[test]
-#[ignore = "needs the TURN TCP relay wired into the data paths (transport::turn_tcp is on \
-            main; paths::serve still answers a TurnTcp request with Unavailable)"]
 fn case3_receiver_behind_udp_blocking_firewall_completes_over_turn_tcp() {
     let Some(lab) = Lab::up("case3-udp-blocked", &["--nat", "cone", "--block-udp", "b"]) else {
         return;
@@ -558,8 +556,8 @@ fn case7a_tampering_server_substituting_the_pake_is_refused() {
 }
 
 #[test]
-#[ignore = "needs a verification error on both sides: today the side that did not notice \
-            gets `connection_closed` (or `protocol: bad PAKE message`) instead"]
+#[ignore = "needs a verification error on both sides: today the sender refuses the invalid \
+            PAKE message (code_mismatch) but the receiver only sees `connection_closed`"]
 fn case7b_tampering_server_garbling_the_pake_is_refused() {
     tampered("case7b-garble-pake", Tamper::PakeGarble);
 }

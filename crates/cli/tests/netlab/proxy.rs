@@ -30,7 +30,8 @@ pub enum Tamper {
     /// with one the proxy made itself for a guessed password: a valid group element, so
     /// only key confirmation can notice. This is what an active attacker on the server does.
     PakeSubstitute,
-    /// Flips one hex digit of the SPAKE2 message (usually not even a valid point).
+    /// Changes one hex digit of the SPAKE2 message so that it is not a valid group
+    /// element: the first peer to read one can only give up.
     PakeGarble,
     /// Leaves the handshake alone (the PAKE succeeds) and flips a byte in every sealed
     /// (non-JSON) blob after it: the path offer, SDP and ICE candidates.
@@ -253,10 +254,41 @@ fn substitute_pake(hex_msg: &str) -> Option<String> {
     Some(hex::encode(msg))
 }
 
+/// `hex_msg` with one hex digit changed so that it is no longer a valid group element
+/// (checked with a throwaway SPAKE2 state of the other side), so the peer that reads it
+/// can only refuse: deterministic, unlike a random flip that may land on a valid point.
 fn garble_hex(hex_msg: &str) -> String {
-    let mut chars: Vec<char> = hex_msg.chars().collect();
-    if let Some(c) = chars.get_mut(hex_msg.len() / 2) {
-        *c = if *c == '0' { '1' } else { '0' };
+    use spake2::{Ed25519Group, Identity, Password, Spake2};
+    let invalid = |candidate: &str| -> bool {
+        let Ok(bytes) = hex::decode(candidate) else {
+            return false;
+        };
+        let (pw, a, b) = (
+            Password::new(b"x"),
+            Identity::new(b"a"),
+            Identity::new(b"b"),
+        );
+        let (reader, _) = match bytes.first() {
+            Some(b'A') => Spake2::<Ed25519Group>::start_b(&pw, &a, &b),
+            Some(b'B') => Spake2::<Ed25519Group>::start_a(&pw, &a, &b),
+            _ => Spake2::<Ed25519Group>::start_symmetric(&pw, &a),
+        };
+        reader.finish(&bytes).is_err()
+    };
+    let chars: Vec<char> = hex_msg.chars().collect();
+    // Skip the side byte (two hex digits); try each digit of the element in turn.
+    for i in (2..chars.len()).rev() {
+        for d in ['0', '5', 'a', 'f'] {
+            if chars[i] == d {
+                continue;
+            }
+            let mut c = chars.clone();
+            c[i] = d;
+            let candidate: String = c.into_iter().collect();
+            if invalid(&candidate) {
+                return candidate;
+            }
+        }
     }
-    chars.into_iter().collect()
+    panic!("tampering proxy: no single-digit change makes {hex_msg} invalid");
 }
