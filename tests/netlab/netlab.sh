@@ -7,7 +7,8 @@
 #   - NETLAB_TURN_SECRET sets coturn's static-auth-secret for --turn-auth secret (the
 #     tests pick a random one per lab and give the same one to skiff-signal);
 #   - coturn keeps TCP relay allocations (RFC 6062) on (no `no-tcp-relay`, documented),
-#     TLS 1.0/1.1 are off;
+#     TLS 1.0/1.1 are off, and its certificate also names IP 203.0.113.10 (so a client
+#     that trusts $NETLAB_RUN/turn.crt can verify turns:203.0.113.10:5349);
 #   - `netlab.sh relay-bytes` prints the bytes srv's interface has received and sent
 #     (used to tell a relayed transfer from a direct one);
 #   - holepunch.py, punch.sh and validate.sh are not vendored (shape --delay without netem
@@ -142,7 +143,8 @@ start_coturn() {
 no-dtls"
   if command -v openssl >/dev/null; then
     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-      -days 7 -subj "/CN=turn.$TURN_REALM" -keyout "$RUN/turn.key" \
+      -days 7 -subj "/CN=turn.$TURN_REALM" -addext "subjectAltName=DNS:turn.$TURN_REALM,IP:$SRV_IP" \
+      -keyout "$RUN/turn.key" \
       -out "$RUN/turn.crt" >/dev/null 2>&1 &&
       tls="cert=$RUN/turn.crt
 pkey=$RUN/turn.key"
