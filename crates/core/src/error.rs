@@ -95,6 +95,8 @@ pub enum Error {
     NotOnLan { nameplate: String },
     #[error("LAN discovery: {reason}")]
     Lan { reason: String },
+    #[error("the settings file {path} is damaged: {reason}")]
+    BadSettings { path: PathBuf, reason: String },
 }
 
 impl Error {
@@ -134,6 +136,7 @@ impl Error {
             Error::TurnRefused { .. } => "turn_refused",
             Error::NotOnLan { .. } => "not_on_lan",
             Error::Lan { .. } => "lan",
+            Error::BadSettings { .. } => "bad_settings",
         }
     }
 

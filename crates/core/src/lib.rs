@@ -20,6 +20,7 @@ pub mod paths;
 pub mod recv;
 pub mod send;
 pub mod session;
+pub mod settings;
 pub mod signal;
 pub mod store;
 mod tasks;

@@ -34,7 +34,7 @@ pub const TCP_TIMEOUT: Duration = Duration::from_millis(1500);
 /// ICE gathering, checks and the DTLS/SCTP setup together.
 pub const RTC_TIMEOUT: Duration = Duration::from_secs(12);
 /// When WebRTC has not connected by then, the receiver also asks for the TCP relay.
-pub const TURN_FALLBACK_AFTER: Duration = Duration::from_secs(3);
+pub const TURN_FALLBACK_AFTER: Duration = Duration::from_secs(4);
 /// How long the sender's TCP relay allocation waits for the receiver.
 const TURN_ACCEPT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Waiting for the peer's next negotiation message.

@@ -62,6 +62,8 @@ const FLUSH_POLL: Duration = Duration::from_millis(5);
 /// After our `FIN`, how long teardown waits for the peer to close first, so that a peer
 /// that is slow to read still gets everything.
 const LINGER: Duration = Duration::from_secs(2);
+/// How long ICE holds a working relayed pair back in favour of a direct one.
+const RELAY_ACCEPTANCE_WAIT: Duration = Duration::from_millis(750);
 /// How often `READY` is repeated until the peer's arrives.
 const READY_INTERVAL: Duration = Duration::from_millis(50);
 /// Bound on `PeerConnection::close`.
@@ -469,11 +471,14 @@ async fn build(
                 MESSAGE_SIZE as u32,
             ),
         );
-    if cfg.relay_only {
-        // Nothing better than a relay can turn up: nominate the first working pair instead
-        // of waiting out ICE's 2 s relay acceptance delay.
-        settings = settings.with_relay_acceptance_min_wait(Some(Duration::ZERO));
-    }
+    settings = settings.with_relay_acceptance_min_wait(Some(if cfg.relay_only {
+        // Nothing better than a relay can turn up: nominate the first working pair.
+        Duration::ZERO
+    } else {
+        // A direct pair shows up within a few round trips or not at all: waiting ICE's
+        // default 2 s for one before taking the relay only delays the TURN case.
+        RELAY_ACCEPTANCE_WAIT
+    }));
     if let Some(w) = cfg.sctp_receive_window {
         settings = settings.with_sctp_max_receive_buffer_size(w);
     }
