@@ -32,7 +32,7 @@ echo "profiled run (${MODE:-direct}): $SIZE MiB, recv $(awk -v a="$T1" -v b="$T2
 rm -rf "$d/out" "$d/ds" "$d/dr"
 for s in snd rcv; do
   echo "### $s: top symbols (self, % of samples)"
-  perf report -i "$d/$s.perf.data" --stdio --no-children --sort dso,sym 2>/dev/null | grep -vE '^#|^$' | head -${TOP:-25}
+  perf report -i "$d/$s.perf.data" --stdio --no-children --sort dso,sym 2>/dev/null | grep -vE '^#|^$' | head -${TOP:-25} || true
   echo "### $s: by dso"
-  perf report -i "$d/$s.perf.data" --stdio --no-children --sort dso 2>/dev/null | grep -vE '^#|^$' | head -8
+  perf report -i "$d/$s.perf.data" --stdio --no-children --sort dso 2>/dev/null | grep -vE '^#|^$' | head -8 || true
 done

@@ -143,10 +143,16 @@ if g["e2e"] and rate:
           f"(runs {g['runs']}), data phase {fmt(g['data'], 2)} MB/s; path {g['path']} | {100 * se:.0f} % e2e, "
           f"{100 * sd:.0f} % data phase | >= 80 % | {verdict(se >= 0.8)} |")
 print()
-# coturn: which sessions relayed data (from its log)
+# coturn: which sessions relayed data (from its log: "usage" lines, bytes received from the client,
+# cumulative per session)
 log = os.path.join(res, "logs", "turnserver.log")
 if os.path.exists(log):
-    sess = [l.strip() for l in open(log, errors="replace") if "usage: realm" in l and "closed" not in l]
-    big = [l for l in sess if (lambda m: m and int(m.group(1)) > 1 << 20)(re.search(r"rb=(\d+)", l))]
-    print(f"coturn log: {len(sess)} session usage lines, {len(big)} with more than 1 MiB received "
-          f"(`rb=`); the relayed cases are the ones whose path is turn-*.\n")
+    peer = {}
+    for l in open(log, errors="replace"):
+        m = re.search(r"session (\d+): usage: .*rb=(\d+)", l)
+        if m:
+            peer[m.group(1)] = max(peer.get(m.group(1), 0), int(m.group(2)))
+    big = sorted(v for v in peer.values() if v > 1 << 20)
+    print(f"coturn log: {len(peer)} client sessions, {len(big)} of them received more than 1 MiB "
+          f"(bytes from the client per session, MiB: {', '.join(f'{v / 1048576:.0f}' for v in big) or '-'}); "
+          f"the other sessions carried only ICE checks and keepalives.\n")

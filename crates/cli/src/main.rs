@@ -52,7 +52,7 @@ enum Cmd {
         signal: Option<String>,
         /// Send to this device (its name or id, see `skiff peers`) instead of showing a code;
         /// it must be running `skiff listen` on the same signaling server.
-        #[arg(long, value_name = "NAME|ID", requires = "signal")]
+        #[arg(long, value_name = "NAME|ID")]
         to: Option<String>,
         /// Presence space of `--to` (default: the devices behind your public address).
         #[arg(long, value_name = "NAME", requires = "to")]
@@ -63,8 +63,8 @@ enum Cmd {
     },
     /// Stay online in your space and receive what other devices send with `--to`.
     Listen {
-        /// The signaling server.
-        #[arg(long, env = "SKIFF_SIGNAL", value_name = "URL", required = true)]
+        /// The signaling server (default: `signal_url` in settings.toml).
+        #[arg(long, env = "SKIFF_SIGNAL", value_name = "URL")]
         signal: Option<String>,
         /// Presence space (default: the devices behind your public address).
         #[arg(long, value_name = "NAME")]
@@ -156,8 +156,39 @@ async fn run(cli: Cli, out: &Output) -> Result<bool> {
         // No engine: listing peers must not lock the data directory.
         return peers::run(args, cli.json).await;
     }
+    let mut cli = cli;
     let mut config = Config::new(cli.data_dir.clone());
     config.tcp_paths = !cli.webrtc_only;
+    // The settings file the desktop app writes: one source of truth for both.
+    let settings = match skiff_core::settings::Settings::load(&config.data_dir) {
+        Ok(s) => s,
+        Err(e) => {
+            out.note(&format!("{e}; using the defaults"));
+            skiff_core::settings::Settings::default()
+        }
+    };
+    config.download_dir = settings.effective_download_dir();
+    config.device_name = settings.effective_device_name();
+    config.rtc.ice_servers = settings
+        .ice_servers
+        .iter()
+        .map(|s| skiff_core::transport::webrtc::IceServer {
+            urls: s.urls.clone(),
+            username: s.username.clone().unwrap_or_default(),
+            credential: s.credential.clone().unwrap_or_default(),
+        })
+        .collect();
+    if let Some(url) = &settings.signal_url {
+        match &mut cli.command {
+            Cmd::Send { signal, .. } | Cmd::Listen { signal, .. } | Cmd::Trust { signal, .. } => {
+                signal.get_or_insert_with(|| url.clone());
+            }
+            Cmd::Receive { signal, direct, .. } if direct.is_none() => {
+                signal.get_or_insert_with(|| url.clone());
+            }
+            _ => {}
+        }
+    }
     let node = Node::spawn(config.clone())
         .await
         .context("starting the engine")?;
@@ -304,6 +335,9 @@ async fn listen(
     dir: Option<PathBuf>,
     yes: bool,
 ) -> Result<bool> {
+    if signal.is_none() {
+        bail!("give the signaling server with --signal URL (or SKIFF_SIGNAL, or signal_url in settings.toml)");
+    }
     node.set_signal_url(signal).await?;
     let mut events = node.events();
     let receive = ReceiveOptions {
@@ -315,6 +349,15 @@ async fn listen(
     node.listen(skiff_core::ListenOptions { space, receive })
         .await
         .context("going online")?;
+    // Back online: unfinished outgoing transfers wait at their rendezvous again.
+    let resumable = node.resumable().await?;
+    for t in node.list().await? {
+        if t.direction == "send" && resumable.contains(&t.id) {
+            if let Err(e) = node.resume(&t.id, Duration::from_secs(300)).await {
+                out.note(&format!("cannot resume {}: {e}", t.id));
+            }
+        }
+    }
     loop {
         let ev = match events.recv().await {
             Ok(ev) => ev,
