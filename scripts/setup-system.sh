@@ -3,7 +3,9 @@
 # Rust (cargo) and Node are expected to be present already.
 set -euo pipefail
 need=()
-for pkg in build-essential pkg-config coturn iproute2 iptables conntrack openssl time procps; do
+# coturn iproute2 iptables conntrack openssl python3: the NAT lab tests (tests/netlab/; python3 runs
+# netdelay.py, the WAN delay on kernels without sch_netem).
+for pkg in build-essential pkg-config coturn iproute2 iptables conntrack openssl time procps python3; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
