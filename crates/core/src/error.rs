@@ -78,6 +78,8 @@ pub enum Error {
     NodeStopped,
     #[error("signaling server: {reason}")]
     Signal { reason: String },
+    #[error("the settings file {path} is damaged: {reason}")]
+    BadSettings { path: PathBuf, reason: String },
 }
 
 impl Error {
@@ -113,6 +115,7 @@ impl Error {
             Error::InvalidInput { .. } => "invalid_input",
             Error::NodeStopped => "node_stopped",
             Error::Signal { .. } => "signal",
+            Error::BadSettings { .. } => "bad_settings",
         }
     }
 
