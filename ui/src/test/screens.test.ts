@@ -13,6 +13,7 @@ import Receive from "../screens/Receive.svelte";
 import Transfers from "../screens/Transfers.svelte";
 import Peers from "../screens/Peers.svelte";
 import Send from "../screens/Send.svelte";
+import SettingsScreen from "../screens/Settings.svelte";
 import VirtualList from "../lib/VirtualList.svelte";
 import VirtualListHost from "./VirtualListHost.svelte";
 import type { Transfer } from "../lib/types";
@@ -152,6 +153,35 @@ describe("Send", () => {
     await waitFor(() => expect(document.getElementById("share-code")?.textContent).toBe("7-river-olive-kayak"));
     expect(backend.sendPaths).toHaveBeenCalledWith(["/tmp/a.txt"]);
     expect(document.getElementById("qr")).not.toBeNull();
+  });
+});
+
+describe("Settings", () => {
+  it("a pasted https:// address is explained inline, a good one is tested and saved", async () => {
+    app.info = await backend.appInfo();
+    render(SettingsScreen);
+    await fireEvent.click(await screen.findByLabelText("A server at this address"));
+    const url = document.getElementById("signal-url") as HTMLInputElement;
+    await fireEvent.input(url, { target: { value: "https://signal.example.org/ws" } });
+    await fireEvent.click(screen.getByRole("button", { name: "Test connection" }));
+    await waitFor(() => expect(document.getElementById("signal-url-problem")!.textContent).toContain("ws:// or wss://"));
+    await fireEvent.input(url, { target: { value: "wss://signal.example.org/ws" } });
+    await fireEvent.click(screen.getByRole("button", { name: "Test connection" }));
+    await waitFor(() => expect(document.getElementById("probe")!.textContent).toContain("Reachable"));
+    expect(backend.testConnection).toHaveBeenLastCalledWith("wss://signal.example.org/ws");
+    await fireEvent.click(screen.getByRole("button", { name: "Save" }));
+    await waitFor(() => expect(backend.saveSettings).toHaveBeenCalled());
+    expect(backend.saveSettings.mock.calls[0][0].signalUrl).toBe("wss://signal.example.org/ws");
+  });
+});
+
+describe("live events", () => {
+  it("progress updates the transfer's numbers and a state change moves it", () => {
+    app.transfers = [transfer({ state: "transferring", running: true })];
+    app.onEvent({ type: "progress", id: "t1", bytes: 700, total: 1000, rate: 5, eta: 60, filesDone: 2 });
+    expect(app.live["t1"].bytes).toBe(700);
+    app.onEvent({ type: "state", id: "t1", state: "completed" });
+    expect(app.transfers[0].state).toBe("completed");
   });
 });
 
