@@ -17,6 +17,7 @@ pub mod pairing;
 pub mod recv;
 pub mod send;
 pub mod session;
+pub mod settings;
 pub mod signal;
 pub mod store;
 mod tasks;
