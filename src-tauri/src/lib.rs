@@ -77,7 +77,9 @@ pub fn build<R: Runtime>(builder: tauri::Builder<R>, state: AppState) -> tauri::
                 .peers
                 .subscribe();
             let (handle, stop) = (app.handle().clone(), state.cancel.child_token());
-            state.tasks.spawn(async move {
+            // Setup runs on the main thread: spawn on the async runtime explicitly.
+            let rt = tauri::async_runtime::handle();
+            state.tasks.spawn_on(async move {
                 loop {
                     tokio::select! {
                         biased;
@@ -91,7 +93,7 @@ pub fn build<R: Runtime>(builder: tauri::Builder<R>, state: AppState) -> tauri::
                         }
                     }
                 }
-            });
+            }, rt.inner());
             Ok(())
         })
         .on_window_event(|window, event| {
@@ -137,7 +139,9 @@ fn on_drag<R: Runtime>(app: &tauri::AppHandle<R>, drag: &DragDropEvent) {
                 return;
             };
             let tasks = state.tasks.clone();
-            tasks.spawn(async move {
+            // Window events arrive on the main thread: spawn on the async runtime explicitly.
+            let rt = tauri::async_runtime::handle();
+            tasks.spawn_on(async move {
                 let Some(state) = app.try_state::<AppState>() else {
                     return;
                 };
@@ -149,7 +153,7 @@ fn on_drag<R: Runtime>(app: &tauri::AppHandle<R>, drag: &DragDropEvent) {
                         let _ = app.emit("share-failed", e);
                     }
                 }
-            });
+            }, rt.inner());
         }
         _ => {}
     }
