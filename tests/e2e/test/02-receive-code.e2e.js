@@ -32,7 +32,7 @@ describe("receive with a code", () => {
     await $("#offer").waitForDisplayed({ timeout: 30000 });
     assert.match(await $("#offer-summary").getText(), /2 files · 5\.2 MB/);
     const names = await waitFor(async () => {
-      const got = [...(await $$("#offer-entries .entry-name").map((e) => e.getText()))].sort();
+      const got = [...(await $$("#offer-entries .entry-name").map((e) => e.getProperty("textContent")))].sort();
       return got.length === 2 && got;
     }, 10000, "both names in the offer");
     assert.deepEqual(names, ["report 2024.pdf", "small.txt"]);

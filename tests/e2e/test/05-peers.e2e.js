@@ -12,7 +12,7 @@ describe("peers", () => {
     try {
       await go("peers");
       await waitFor(
-        async () => (await $$("#peer-list .peer-name").map((e) => e.getText())).includes("cli-listener"),
+        async () => (await $$("#peer-list .peer-name").map((e) => e.getProperty("textContent"))).includes("cli-listener"),
         20000,
         "cli-listener in Peers",
       );
@@ -22,7 +22,7 @@ describe("peers", () => {
       peer.child.kill();
     }
     await waitFor(
-      async () => !(await $$("#peer-list .peer-name").map((e) => e.getText())).includes("cli-listener"),
+      async () => !(await $$("#peer-list .peer-name").map((e) => e.getProperty("textContent"))).includes("cli-listener"),
       20000,
       "cli-listener to leave",
     );

@@ -25,7 +25,7 @@ describe("hostile names", () => {
     await $("#offer").waitForDisplayed({ timeout: 30000 });
     const shown = await $("#offer-entries .entry-name");
     await shown.waitForExist({ timeout: 5000 });
-    assert.equal(await shown.getText(), LOCAL);
+    assert.equal(await shown.getProperty("textContent"), LOCAL);
     assert.equal(await browser.execute(() => document.querySelectorAll("img").length), 0);
     await screenshot("receive-hostile-light");
     await $("#offer-accept").click();
@@ -45,7 +45,7 @@ describe("hostile names", () => {
     try {
       await go("peers");
       await waitFor(
-        async () => (await $$("#peer-list .peer-name").map((e) => e.getText())).includes(HOSTILE),
+        async () => (await $$("#peer-list .peer-name").map((e) => e.getProperty("textContent"))).includes(HOSTILE),
         20000,
         "the hostile peer name as text",
       );
@@ -65,7 +65,7 @@ describe("hostile names", () => {
     await dragOnto("#dropzone", [file]);
     const item = await $("#share-items .item-name");
     await item.waitForExist({ timeout: 20000 });
-    assert.equal(await item.getText(), HOSTILE);
+    assert.equal(await item.getProperty("textContent"), HOSTILE);
     assert.equal(await browser.execute(() => document.querySelectorAll("img").length), 0);
     await screenshot("send-hostile-light");
     await $("#cancel-share").click();
