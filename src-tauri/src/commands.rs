@@ -257,18 +257,30 @@ pub async fn test_connection(url: String) -> ProbeDto {
     probe_rows(url.trim()).await
 }
 
+fn sentence(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(first) => {
+            let end = if s.ends_with('.') { "" } else { "." };
+            format!("{}{}{end}", first.to_uppercase(), c.as_str())
+        }
+        None => String::new(),
+    }
+}
+
 /// Runs the probe and words the result as rows.
 pub async fn probe_rows(url: &str) -> ProbeDto {
     let row = |level: &str, label: &str, detail: String| CheckRow {
         level: level.into(),
         label: label.into(),
         detail,
+        technical: None,
     };
     if let Err(why) = check_signal_url(url) {
         return ProbeDto {
             ok: false,
             url: url.to_owned(),
-            rows: vec![row("fail", "Address", why)],
+            rows: vec![row("fail", "Address", sentence(&why))],
             latency_ms: None,
         };
     }
@@ -284,31 +296,31 @@ pub async fn probe_rows(url: &str) -> ProbeDto {
                 row(
                     "ok",
                     "Reachable",
-                    format!("{host} answered in {} ms", r.connect_ms),
+                    format!("{host} answered in {} ms.", r.connect_ms),
                 ),
                 row(
                     "ok",
                     "Skiff server",
-                    format!("protocol version {} (compatible)", r.version),
+                    format!("Protocol version {} (compatible).", r.version),
                 ),
                 row(
                     "ok",
                     "Latency",
-                    format!("{:.1} ms round trip", r.latency_ms),
+                    format!("{:.1} ms round trip.", r.latency_ms),
                 ),
             ];
             rows.push(if r.turn {
                 row(
                     "ok",
                     "Relay credentials",
-                    format!("received for {}", r.ice_servers.join(", ")),
+                    format!("Received for {}.", r.ice_servers.join(", ")),
                 )
             } else if !r.ice_servers.is_empty() {
                 row(
                     "warn",
                     "Relay credentials",
                     format!(
-                        "none: the server offers only {}; some networks will need a relay",
+                        "None: the server offers only {}. Some networks will need a relay.",
                         r.ice_servers.join(", ")
                     ),
                 )
@@ -316,7 +328,7 @@ pub async fn probe_rows(url: &str) -> ProbeDto {
                 row(
                     "warn",
                     "Relay credentials",
-                    "none: the server offers no relay (TURN); direct and local connections still work".into(),
+                    "None: the server offers no relay (TURN). Direct and local connections still work.".into(),
                 )
             });
             ProbeDto {
@@ -329,41 +341,41 @@ pub async fn probe_rows(url: &str) -> ProbeDto {
         Err(e) => ProbeDto {
             ok: false,
             url: url.to_owned(),
-            rows: vec![row("fail", "Reachable", explain_probe_error(&host, &e))],
+            rows: vec![CheckRow {
+                technical: Some(e.to_string()),
+                ..row("fail", "Reachable", explain_probe_error(&host, &e))
+            }],
             latency_ms: None,
         },
     }
 }
 
 fn explain_probe_error(host: &str, e: &skiff_core::Error) -> String {
-    let text = e.to_string();
-    let lower = text.to_lowercase();
+    let lower = e.to_string().to_lowercase();
     let port = host
-        .rsplit(':')
-        .next()
-        .filter(|p| p.chars().all(|c| c.is_ascii_digit()));
+        .rsplit_once(':')
+        .map(|(_, p)| p)
+        .filter(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()));
     if matches!(e, skiff_core::Error::Timeout { .. }) {
         format!(
-            "no answer from {host} within 10 s; check the address and that the server is running"
+            "No answer from {host} within 10 s. Check the address and that the server is running."
         )
     } else if lower.contains("refused") {
         match port {
-            Some(p) => {
-                format!("nothing answers on port {p} of {host}; is the server running? ({text})")
-            }
-            None => format!("{host} refused the connection; is the server running? ({text})"),
+            Some(p) => format!("Nothing answers on port {p} of {host}. Is the server running?"),
+            None => format!("{host} refused the connection. Is the server running?"),
         }
     } else if lower.contains("lookup")
         || lower.contains("resolve")
         || lower.contains("name or service")
     {
-        format!("can't find the host {host}; check the spelling ({text})")
+        format!("Can't find the host {host}. Check the spelling.")
     } else if lower.contains("certificate") || lower.contains("tls") {
-        format!("the TLS certificate of {host} is not valid for this name ({text})")
+        format!("The TLS certificate of {host} is not valid for this name.")
     } else if lower.contains("http") || lower.contains("upgrade") || lower.contains("handshake") {
-        format!("{host} answered, but it is not a Skiff signaling server ({text})")
+        format!("{host} answered, but it is not a Skiff signaling server.")
     } else {
-        format!("{host} could not be used: {text}")
+        format!("{host} could not be used.")
     }
 }
 

@@ -288,6 +288,8 @@ pub struct CheckRow {
     pub level: String,
     pub label: String,
     pub detail: String,
+    /// The engine's own text, for Details.
+    pub technical: Option<String>,
 }
 
 /// What Test connection found.

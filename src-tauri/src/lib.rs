@@ -79,21 +79,24 @@ pub fn build<R: Runtime>(builder: tauri::Builder<R>, state: AppState) -> tauri::
             let (handle, stop) = (app.handle().clone(), state.cancel.child_token());
             // Setup runs on the main thread: spawn on the async runtime explicitly.
             let rt = tauri::async_runtime::handle();
-            state.tasks.spawn_on(async move {
-                loop {
-                    tokio::select! {
-                        biased;
-                        () = stop.cancelled() => return,
-                        changed = peers.changed() => {
-                            if changed.is_err() {
-                                return;
+            state.tasks.spawn_on(
+                async move {
+                    loop {
+                        tokio::select! {
+                            biased;
+                            () = stop.cancelled() => return,
+                            changed = peers.changed() => {
+                                if changed.is_err() {
+                                    return;
+                                }
+                                let list = peers.borrow_and_update().clone();
+                                let _ = handle.emit("peers-changed", list);
                             }
-                            let list = peers.borrow_and_update().clone();
-                            let _ = handle.emit("peers-changed", list);
                         }
                     }
-                }
-            }, rt.inner());
+                },
+                rt.inner(),
+            );
             Ok(())
         })
         .on_window_event(|window, event| {
@@ -141,19 +144,22 @@ fn on_drag<R: Runtime>(app: &tauri::AppHandle<R>, drag: &DragDropEvent) {
             let tasks = state.tasks.clone();
             // Window events arrive on the main thread: spawn on the async runtime explicitly.
             let rt = tauri::async_runtime::handle();
-            tasks.spawn_on(async move {
-                let Some(state) = app.try_state::<AppState>() else {
-                    return;
-                };
-                match state.offer_paths(paths).await {
-                    Ok(share) => {
-                        let _ = app.emit("share-started", share);
+            tasks.spawn_on(
+                async move {
+                    let Some(state) = app.try_state::<AppState>() else {
+                        return;
+                    };
+                    match state.offer_paths(paths).await {
+                        Ok(share) => {
+                            let _ = app.emit("share-started", share);
+                        }
+                        Err(e) => {
+                            let _ = app.emit("share-failed", e);
+                        }
                     }
-                    Err(e) => {
-                        let _ = app.emit("share-failed", e);
-                    }
-                }
-            }, rt.inner());
+                },
+                rt.inner(),
+            );
         }
         _ => {}
     }

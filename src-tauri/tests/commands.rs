@@ -125,7 +125,11 @@ fn bad_settings_are_refused_and_good_ones_apply_and_persist() {
     let probe = app.ok("test_connection", json!({ "url": "ws://127.0.0.1:9/ws" }));
     assert_eq!(probe["ok"], false);
     let detail = probe["rows"][0]["detail"].as_str().unwrap();
-    assert!(detail.contains("nothing answers on port 9"), "{detail}");
+    assert!(detail.contains("Nothing answers on port 9"), "{detail}");
+    assert!(probe["rows"][0]["technical"]
+        .as_str()
+        .unwrap()
+        .contains("refused"));
 }
 
 #[test]

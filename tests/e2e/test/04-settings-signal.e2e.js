@@ -61,7 +61,7 @@ describe("a signaling server set in Settings", () => {
     const refused = await testUrl("ws://127.0.0.1:1/ws");
     assert.equal(refused.ok, false);
     assert.match(refused.text, /FAIL/);
-    assert.match(refused.text, /nothing answers on port 1/);
+    assert.match(refused.text, /Nothing answers on port 1 of 127\.0\.0\.1/);
     await screenshot("settings-test-fail-light");
   });
 
@@ -69,8 +69,8 @@ describe("a signaling server set in Settings", () => {
     const good = await testUrl(url);
     assert.equal(good.ok, true, good.text);
     assert.match(good.text, /OK\s+Reachable/);
-    assert.match(good.text, /protocol version \d+ \(compatible\)/);
-    assert.match(good.text, /OK\s+Relay credentials\s+received for turn:127\.0\.0\.1:3478/);
+    assert.match(good.text, /Protocol version \d+ \(compatible\)/);
+    assert.match(good.text, /OK\s+Relay credentials\s+Received for turn:127\.0\.0\.1:3478/);
     await screenshot("settings-test-ok-light");
     await $("#settings-save").click();
     await waitFor(async () => (await $("#settings-saved").getText()).startsWith("Saved"), 10000, "Saved");

@@ -73,7 +73,7 @@ export const checkSignalAddress = vi.fn(async (url: string) =>
   /^wss?:\/\/[^/@\s]+/.test(url) ? null : "use a ws:// or wss:// address, like wss://signal.example.org/ws",
 );
 export const testConnection = vi.fn(
-  async (url: string): Promise<Probe> => ({ ok: true, url, rows: [{ level: "ok", label: "Reachable", detail: "answered in 3 ms" }], latencyMs: 1 }),
+  async (url: string): Promise<Probe> => ({ ok: true, url, rows: [{ level: "ok", label: "Reachable", detail: "answered in 3 ms", technical: null }], latencyMs: 1 }),
 );
 export const getPeers = vi.fn(async () => mock.peers);
 export const setPeerTrust = vi.fn(async (_d: string, _t: boolean) => {});

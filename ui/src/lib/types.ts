@@ -124,6 +124,7 @@ export interface CheckRow {
   level: "ok" | "warn" | "fail";
   label: string;
   detail: string;
+  technical: string | null;
 }
 
 export interface Probe {
