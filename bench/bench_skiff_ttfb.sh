@@ -17,11 +17,6 @@ G=${1:-10}; F=$DATA/sparse${G}g.bin
 [ "$(stat -c%s "$F" 2>/dev/null)" = $(( G << 30 )) ] || { rm -f "$F"; truncate -s "${G}G" "$F"; }
 R=$W/run/skiff-ttfb; rm -rf "$R/$G-"*; mkdir -p "$R"
 CSV=$RES/ttfb.csv; [ -f "$CSV" ] || echo "tool,size_gib,run,load1,code_s,rcv_first_event_s,ttfb_s,e2e_first_s,first_bytes,note,connected_to_first_s" > "$CSV"
-stamp() { local l; while IFS= read -r l; do printf '%s %s\n' "$EPOCHREALTIME" "$l"; done; }
-stop() { # stop PID: TERM, then KILL after 5 s
-  kill -TERM "$1" 2>/dev/null || return 0
-  for _ in $(seq 50); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done; kill -KILL "$1" 2>/dev/null || true
-}
 for r in $(seq 1 "${TTFB_REPS:-3}"); do
   d=$R/$G-$r; mkdir -p "$d/ds" "$d/dr" "$d/out"; P=$(( ${PORT:-4200} + r )); L=$(load1)
   T0=$EPOCHREALTIME

@@ -19,23 +19,9 @@ RES=${OUT:-$W/results-skiff-$(date -u +%Y%m%dT%H%M%SZ)}; mkdir -p "$RES"; RES=$(
 export RES; N=$REPS
 LOGS=$RES/logs; mkdir -p "$LOGS"
 LOAD0=$(load1)
-{ echo "date $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
-  echo "command ${RUN_CMD:-REPS=$N SIZE_MIB=$SIZE BIG_MIB=$BIG TTFB_GIB=$TG WORKDIR=$W bench/run.sh}"
-  echo "skiff $("$SKIFF" --version 2>/dev/null | awk '{print $NF}' | grep . || echo '?') ($SKIFF built $(date -u -r "$SKIFF" '+%F %H:%M UTC'), sha256 $(sha256sum < "$SKIFF" | cut -c1-12); repo HEAD $(git -C "$SKIFF_BENCH" rev-parse --short HEAD 2>/dev/null || echo none)$(git -C "$SKIFF_BENCH/.." status --porcelain -- crates Cargo.toml Cargo.lock 2>/dev/null | grep -q . && echo ', crates/ has uncommitted changes' || true))"
-  echo "magic-wormhole $("$WH/wormhole" --version | awk '{print $2}') (mailbox-server $("$WH/pip" show magic-wormhole-mailbox-server | awk '/^Version/{print $2}'), transit-relay $("$WH/pip" show magic-wormhole-transit-relay | awk '/^Version/{print $2}'))"
-  echo "sendme $("$SENDME" --version 2>/dev/null | awk '{print $2}' | grep . || echo '?')"
-  echo "iperf3 $(iperf3 --version 2>/dev/null | awk 'NR==1{print $2}')"
-  echo "machine $(nproc) cpus ($(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo)), $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM, kernel $(uname -r), workdir fs $(stat -f -c %T "$W") ($(df -Ph "$W" | awk 'NR==2{print $4}') free), load1/5/15 at start $(cut -d' ' -f1-3 /proc/loadavg)"
-} > "$RES/versions.txt"
+versions "REPS=$N SIZE_MIB=$SIZE BIG_MIB=$BIG TTFB_GIB=$TG WORKDIR=$W bench/run.sh" > "$RES/versions.txt"
 cat "$RES/versions.txt"
 
-# merge PART KIND RUN: append the rows of one REPS=1 step to $RES/KIND.csv with the run number set
-merge() {
-  local src=$1/$2.csv dst=$RES/$2.csv col=4; [ "$2" = limits ] && col=2
-  [ -f "$src" ] || return 0
-  [ -f "$dst" ] || head -1 "$src" > "$dst"
-  awk -F, -v OFS=, -v c=$col -v r="$3" 'NR > 1 { $c = r; print }' "$src" >> "$dst"
-}
 step() { # step NAME RUN
   local p=$RES/parts/$2-$1 rc=0; mkdir -p "$p"
   echo "== rep $2/$N: $1 (load1 $(load1))"

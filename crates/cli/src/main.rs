@@ -29,6 +29,10 @@ struct Cli {
     /// Print one JSON object per line on stdout instead of human output.
     #[arg(long, global = true)]
     json: bool,
+    /// With a signaling server: neither offer nor try direct TCP addresses, so the data
+    /// takes the WebRTC path (or the TURN relay). For labs and testing.
+    #[arg(long, global = true)]
+    webrtc_only: bool,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -38,19 +42,59 @@ enum Cmd {
     /// Offer files or folders; prints the code to give the receiver.
     Send {
         /// Listen for the receiver on this address (direct connection, also the LAN path).
+        /// Without --signal, the code is also announced on the LAN (mDNS), so a receiver
+        /// on the same network needs no address.
         #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:0")]
         direct: String,
         /// Meet the receiver through this signaling server (`ws://…/ws` or `wss://…/ws`):
         /// the code then works without knowing this computer's address.
         #[arg(long, env = "SKIFF_SIGNAL", value_name = "URL")]
         signal: Option<String>,
+        /// Send to this device (its name or id, see `skiff peers`) instead of showing a code;
+        /// it must be running `skiff listen` on the same signaling server.
+        #[arg(long, value_name = "NAME|ID", requires = "signal")]
+        to: Option<String>,
+        /// Presence space of `--to` (default: the devices behind your public address).
+        #[arg(long, value_name = "NAME", requires = "to")]
+        space: Option<String>,
         /// Files and folders to send.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
+    /// Stay online in your space and receive what other devices send with `--to`.
+    Listen {
+        /// The signaling server.
+        #[arg(long, env = "SKIFF_SIGNAL", value_name = "URL", required = true)]
+        signal: Option<String>,
+        /// Presence space (default: the devices behind your public address).
+        #[arg(long, value_name = "NAME")]
+        space: Option<String>,
+        /// Folder to save into (default: your Downloads folder).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// Accept every offer without asking.
+        #[arg(long, short = 'y')]
+        yes: bool,
+    },
+    /// Pin a device (by name or id) so that later sessions prove it is the same device;
+    /// without an argument, list pinned devices.
+    Trust {
+        /// The device: its id (or 8+ characters of it), or its name if it is online.
+        device: Option<String>,
+        /// The signaling server, to look a name up among the online devices.
+        #[arg(long, env = "SKIFF_SIGNAL", value_name = "URL")]
+        signal: Option<String>,
+        /// Presence space for the lookup.
+        #[arg(long, value_name = "NAME")]
+        space: Option<String>,
+        /// Unpin the device instead.
+        #[arg(long)]
+        forget: bool,
+    },
     /// Receive with a code (prompted for, or read from SKIFF_CODE, if not given).
     Receive {
-        /// The sender's address (direct connection).
+        /// The sender's address (direct connection). Without it and without --signal, the
+        /// sender is found on the LAN (mDNS).
         #[arg(long, value_name = "ADDR", conflicts_with = "signal")]
         direct: Option<String>,
         /// Meet the sender through this signaling server (the one the sender used).
@@ -112,7 +156,8 @@ async fn run(cli: Cli, out: &Output) -> Result<bool> {
         // No engine: listing peers must not lock the data directory.
         return peers::run(args, cli.json).await;
     }
-    let config = Config::new(cli.data_dir.clone());
+    let mut config = Config::new(cli.data_dir.clone());
+    config.tcp_paths = !cli.webrtc_only;
     let node = Node::spawn(config.clone())
         .await
         .context("starting the engine")?;
@@ -135,20 +180,26 @@ async fn command(cmd: Cmd, node: &Node, config: &Config, out: &Output) -> Result
         Cmd::Send {
             direct,
             signal,
+            to,
+            space,
             paths,
         } => {
             node.set_signal_url(signal.clone()).await?;
-            let started = node
-                .send(paths, SendOptions { listen: direct })
-                .await
-                .context("preparing the offer")?;
+            let opts = SendOptions { listen: direct };
+            let started = match &to {
+                Some(peer) => node.send_to(peer, space, paths, opts).await,
+                None => node.send(paths, opts).await,
+            }
+            .context("preparing the offer")?;
             for (path, why) in &started.skipped {
                 out.note(&format!(
                     "Skipped {}: {why}",
                     display_escape(&path.display().to_string())
                 ));
             }
-            out.show_code(&started.code, &started.listen, signal.as_deref());
+            if to.is_none() {
+                out.show_code(&started.code, &started.listen, signal.as_deref());
+            }
             Ok(out.outcome(node.wait(&started.id).await?))
         }
         Cmd::Receive {
@@ -158,27 +209,40 @@ async fn command(cmd: Cmd, node: &Node, config: &Config, out: &Output) -> Result
             dir,
             yes,
         } => {
-            let addr = match (direct, signal) {
-                (Some(addr), _) => addr,
+            let (addr, on_lan) = match (direct, signal) {
+                (Some(addr), _) => (addr, false),
                 (None, Some(url)) => {
                     node.set_signal_url(Some(url)).await?;
-                    String::new()
+                    (String::new(), false)
                 }
-                (None, None) => bail!(
-                    "give the signaling server with --signal URL (or SKIFF_SIGNAL), or the sender's address with --direct HOST:PORT"
-                ),
+                // No address and no server: the engine finds the sender on the LAN.
+                (None, None) => (String::new(), true),
             };
             let code = match code.or_else(|| std::env::var("SKIFF_CODE").ok()) {
                 Some(c) => c,
                 None => read_code()?,
             };
+            if on_lan {
+                out.note("Looking for the sender on this network…");
+            }
             let opts = ReceiveOptions {
                 connect: addr,
                 dir: dir.clone(),
                 auto_accept: yes,
                 reconnect_for: Duration::from_secs(300),
             };
-            let offer = node.receive(&code, opts).await?;
+            let offer = match node.receive(&code, opts).await {
+                Ok(o) => o,
+                Err(e) => {
+                    if matches!(e, skiff_core::Error::NotOnLan { .. }) {
+                        out.note(
+                            "Is the sender on this network and still waiting? From another network, \
+                             use --direct HOST:PORT or --signal URL on both sides.",
+                        );
+                    }
+                    return Err(e.into());
+                }
+            };
             if !yes {
                 out.show_offer(&offer, dir.as_ref().unwrap_or(&config.download_dir));
                 let decision = if ask("Accept? [y/N] ")? {
@@ -211,12 +275,150 @@ async fn command(cmd: Cmd, node: &Node, config: &Config, out: &Output) -> Result
             }
             Ok(ok)
         }
+        Cmd::Listen {
+            signal,
+            space,
+            dir,
+            yes,
+        } => listen(node, config, out, signal, space, dir, yes).await,
+        Cmd::Trust {
+            device,
+            signal,
+            space,
+            forget,
+        } => trust(node, out, device, signal, space, forget).await,
         Cmd::List => {
             out.list(&node.list().await?);
             Ok(true)
         }
         Cmd::Peers(_) => unreachable!("`skiff peers` runs before the engine starts (see `run`)"),
     }
+}
+
+async fn listen(
+    node: &Node,
+    config: &Config,
+    out: &Output,
+    signal: Option<String>,
+    space: Option<String>,
+    dir: Option<PathBuf>,
+    yes: bool,
+) -> Result<bool> {
+    node.set_signal_url(signal).await?;
+    let mut events = node.events();
+    let receive = ReceiveOptions {
+        connect: String::new(),
+        dir: dir.clone(),
+        auto_accept: yes,
+        reconnect_for: Duration::from_secs(300),
+    };
+    node.listen(skiff_core::ListenOptions { space, receive })
+        .await
+        .context("going online")?;
+    loop {
+        let ev = match events.recv().await {
+            Ok(ev) => ev,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(_) => return Ok(true),
+        };
+        if let skiff_core::Event::Offer {
+            transfer,
+            sender,
+            files,
+            dirs,
+            total,
+            entries,
+        } = ev
+        {
+            if yes {
+                continue;
+            }
+            let offer = skiff_core::IncomingOffer {
+                id: transfer.clone(),
+                sender,
+                files,
+                dirs,
+                total,
+                entries,
+            };
+            out.show_offer(&offer, dir.as_ref().unwrap_or(&config.download_dir));
+            // The prompt reads the terminal: run it off the runtime.
+            let answer = tokio::task::spawn_blocking(|| ask("Accept? [y/N] "))
+                .await
+                .context("asking")??;
+            let decision = if answer {
+                Decision::Accept { dir: dir.clone() }
+            } else {
+                Decision::Decline
+            };
+            if let Err(e) = node.decide(&transfer, decision).await {
+                out.note(&format!("{e}"));
+            }
+        }
+    }
+}
+
+async fn trust(
+    node: &Node,
+    out: &Output,
+    device: Option<String>,
+    signal: Option<String>,
+    space: Option<String>,
+    forget: bool,
+) -> Result<bool> {
+    let Some(device) = device else {
+        out.trusted(&node.trusted().await?);
+        return Ok(true);
+    };
+    if forget {
+        let found = node.forget(&device).await?;
+        if !found {
+            bail!("no pinned device {device}");
+        }
+        out.note(&format!("Forgot {}", display_escape(&device)));
+        return Ok(true);
+    }
+    // A name is looked up among the online devices; so is an id, for its name (an id
+    // that is not online is pinned under a short form of itself).
+    let is_id = device.len() == 64 && device.bytes().all(|b| b.is_ascii_hexdigit());
+    let peers = match &signal {
+        Some(url) => {
+            let space = space
+                .map(skiff_proto::signal::SpaceName::try_from)
+                .transpose()
+                .map_err(|e| anyhow::anyhow!(e))?;
+            skiff_core::signal::list_peers(url, &config_name(), space).await?
+        }
+        None if is_id => Vec::new(),
+        None => bail!("give --signal URL to look the device up by name"),
+    };
+    let found: Vec<_> = peers
+        .iter()
+        .filter(|p| {
+            p.device_id.as_str() == device
+                || (device.len() >= 8 && p.device_id.as_str().starts_with(&device))
+                || (!is_id && p.name.eq_ignore_ascii_case(&device))
+        })
+        .collect();
+    let (id, name) = match found.as_slice() {
+        [p] => (p.device_id.as_str().to_owned(), p.name.clone()),
+        [] if is_id => (device.clone(), device[..12].to_owned()),
+        [] => bail!(
+            "no device {} online (see `skiff peers`)",
+            display_escape(&device)
+        ),
+        _ => bail!(
+            "several devices match {}: use the id",
+            display_escape(&device)
+        ),
+    };
+    node.trust(&id, &name).await?;
+    out.note(&format!("Trusted {} (device {id})", display_escape(&name)));
+    Ok(true)
+}
+
+fn config_name() -> String {
+    skiff_core::config::device_name()
 }
 
 fn read_code() -> Result<String> {

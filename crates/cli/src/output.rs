@@ -1,6 +1,7 @@
 //! Terminal output: JSON lines, or human text with an indicatif progress bar on stderr.
 //! Every name from the network is escaped before it is printed.
 
+use std::io::IsTerminal;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -79,11 +80,29 @@ impl Output {
             return; // the `code` event carries it
         }
         eprintln!("Give this code to the receiver:\n\n    {code}\n");
-        let how = match signal {
-            Some(url) => format!("skiff receive --signal {}", display_escape(url)),
-            None => format!("skiff receive --direct {}", reachable(listen)),
-        };
-        eprintln!("On the other computer run:\n    {how}\nand enter the code when it asks.");
+        if std::io::stderr().is_terminal() {
+            if let Some(qr) = qr(code) {
+                eprintln!("{qr}");
+            }
+        }
+        let on_lan = signal.is_none()
+            && listen
+                .parse()
+                .is_ok_and(|a| skiff_core::lan::advertisable(&a));
+        if on_lan {
+            // Announced on the LAN: the receiver needs no address.
+            eprintln!("On the other computer (same network) run:\n    skiff receive {code}");
+            eprintln!(
+                "(from another network: skiff receive --direct {}, then enter the code)",
+                reachable(listen)
+            );
+        } else {
+            let how = match signal {
+                Some(url) => format!("skiff receive --signal {}", display_escape(url)),
+                None => format!("skiff receive --direct {}", reachable(listen)),
+            };
+            eprintln!("On the other computer run:\n    {how}\nand enter the code when it asks.");
+        }
         eprintln!("(works once; keep this running until the transfer completes)\n");
     }
 
@@ -114,6 +133,23 @@ impl Output {
             eprintln!("  … and {} more", offer.entries.len() - 20);
         }
         eprintln!("Save to {}", display_escape(&dir.display().to_string()));
+    }
+
+    pub fn trusted(&self, rows: &[skiff_core::TrustedDevice]) {
+        if self.json {
+            for r in rows {
+                let mut v = serde_json::to_value(r).unwrap_or_default();
+                v["event"] = "trusted".into();
+                println!("{v}");
+            }
+            return;
+        }
+        if rows.is_empty() {
+            eprintln!("No trusted devices. Pin one with: skiff trust NAME --signal URL");
+        }
+        for r in rows {
+            println!("{}  {}", r.device, display_escape(&r.name));
+        }
     }
 
     pub fn list(&self, rows: &[TransferInfo]) {
@@ -211,7 +247,43 @@ fn human(bar: &Arc<Mutex<Option<ProgressBar>>>, e: &Event) {
             let what = if *resumed { "Reconnected" } else { "Connected" };
             say(
                 &guard,
-                format!("{what} to {} over {path}", display_escape(remote)),
+                format!(
+                    "{what} to {} over {} ({path})",
+                    display_escape(remote),
+                    path_words(path)
+                ),
+            );
+        }
+        Event::Verify {
+            peer,
+            device,
+            phrase,
+            trusted,
+            ..
+        } => {
+            let who = format!(
+                "{} (device {}…)",
+                display_escape(peer),
+                &device[..12.min(device.len())]
+            );
+            let text = if *trusted {
+                format!("Verified trusted device {who}. Phrase: {phrase}")
+            } else {
+                format!(
+                    "First contact with {who}.\n  Verification phrase: {phrase}\n  \
+                     Check that the other screen shows the same phrase; `skiff trust` pins the device."
+                )
+            };
+            say(&guard, text);
+        }
+        Event::Listening { device, name, .. } => {
+            say(
+                &guard,
+                format!(
+                    "Listening as {} (device {device}). Others send with: skiff send --to {} FILES",
+                    display_escape(name),
+                    display_escape(name)
+                ),
             );
         }
         Event::Progress { bytes, total, .. } => {
@@ -254,4 +326,27 @@ fn human(bar: &Arc<Mutex<Option<ProgressBar>>>, e: &Event) {
         }
         _ => {}
     }
+}
+
+/// The connection path in words.
+fn path_words(path: &str) -> &'static str {
+    match path {
+        "lan" => "the local network",
+        "direct" => "a direct connection",
+        "turn-udp" | "turn-tcp" | "turn-tls" => "a TURN relay (end-to-end encrypted)",
+        _ => "an encrypted connection",
+    }
+}
+
+/// The code's `skiff://` link as a QR code drawn with half blocks (two rows per line).
+fn qr(code: &str) -> Option<String> {
+    let link = skiff_proto::code::ShareCode::parse(code).ok()?.link();
+    let qr = qrcode::QrCode::new(link.as_bytes()).ok()?;
+    Some(
+        qr.render::<qrcode::render::unicode::Dense1x2>()
+            .dark_color(qrcode::render::unicode::Dense1x2::Light)
+            .light_color(qrcode::render::unicode::Dense1x2::Dark)
+            .quiet_zone(true)
+            .build(),
+    )
 }

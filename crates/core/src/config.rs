@@ -19,6 +19,12 @@ pub struct Config {
     pub download_dir: PathBuf,
     /// Shown to the other side.
     pub device_name: String,
+    /// WebRTC settings; `rtc.ice_servers` are the user's STUN/TURN servers (the
+    /// signaling server's ephemeral TURN credentials are added per connection).
+    pub rtc: crate::transport::webrtc::RtcConfig,
+    /// Offer and try direct TCP addresses before WebRTC (on by default; off forces the
+    /// WebRTC path, for labs and tests).
+    pub tcp_paths: bool,
 }
 
 impl Config {
@@ -28,6 +34,8 @@ impl Config {
             data_dir: data_dir.unwrap_or_else(default_data_dir),
             download_dir: default_download_dir(),
             device_name: device_name(),
+            rtc: Default::default(),
+            tcp_paths: true,
         }
     }
 }

@@ -149,6 +149,21 @@ pub fn rendezvous(resume_secret: &Secret) -> Secret {
     expand(&hk, b"skiff/1 rendezvous")
 }
 
+/// A device session's secret (peer-list sends), from its Noise handshake hash: it plays
+/// the part of a code's PAKE key (resume secret of the transfer).
+pub fn peer_session_secret(handshake_hash: &[u8]) -> Secret {
+    let hk = Hkdf::<Sha256>::new(Some(b"skiff/1"), handshake_hash);
+    expand(&hk, b"skiff/1 device session")
+}
+
+/// Signaling space where the two ends of a transfer meet again (resume, new paths):
+/// public, one-way from the resume secret, and distinct from [`rendezvous`].
+pub fn rendezvous_space(resume_secret: &Secret) -> String {
+    let hk = Hkdf::<Sha256>::new(Some(b"skiff/1"), resume_secret);
+    let space = expand(&hk, b"skiff/1 rendezvous space");
+    format!("rv-{}", hex::encode(&space[..24]))
+}
+
 fn nonce(counter: u64) -> Nonce<aes_gcm::aead::consts::U12> {
     let mut n = [0u8; 12];
     n[4..].copy_from_slice(&counter.to_be_bytes());

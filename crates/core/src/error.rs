@@ -14,8 +14,12 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    #[error("code mismatch: the code is wrong, or someone interfered")]
+    #[error("peer verification failed (code mismatch): the code is wrong, or someone interfered")]
     CodeMismatch,
+    /// The peer, or something between us, failed an authenticity check outside the PAKE
+    /// (resume keys, a DTLS certificate that is not the one the sealed offer named).
+    #[error("peer verification failed: {reason}")]
+    PeerVerification { reason: String },
     #[error("not a valid code: {reason}")]
     BadCode { reason: String },
     #[error("no transfer is waiting for this code: it may have expired or been used already")]
@@ -26,7 +30,9 @@ pub enum Error {
     Replay { expected: u64, got: u64 },
     #[error("frame of {len} bytes is larger than the limit of {max}")]
     FrameTooLarge { len: usize, max: usize },
-    #[error("a sealed frame failed to authenticate (tampered or corrupted)")]
+    #[error(
+        "peer verification failed: a sealed frame did not authenticate (tampered or corrupted)"
+    )]
     Decrypt,
     #[error("offer refused: {reason}")]
     BadOffer { reason: String },
@@ -78,6 +84,17 @@ pub enum Error {
     NodeStopped,
     #[error("signaling server: {reason}")]
     Signal { reason: String },
+    /// An error response from a TURN server (`what`: "allocation", "permission", …).
+    #[error("TURN server refused the {what}: {code} {reason}")]
+    TurnRefused {
+        what: &'static str,
+        code: u16,
+        reason: String,
+    },
+    #[error("no sender with code {nameplate} found on this network")]
+    NotOnLan { nameplate: String },
+    #[error("LAN discovery: {reason}")]
+    Lan { reason: String },
     #[error("the settings file {path} is damaged: {reason}")]
     BadSettings { path: PathBuf, reason: String },
 }
@@ -87,6 +104,7 @@ impl Error {
     pub fn code(&self) -> &'static str {
         match self {
             Error::CodeMismatch => "code_mismatch",
+            Error::PeerVerification { .. } => "peer_verification_failed",
             Error::BadCode { .. } => "bad_code",
             Error::UnknownCode => "unknown_code",
             Error::Protocol { .. } => "protocol",
@@ -115,6 +133,9 @@ impl Error {
             Error::InvalidInput { .. } => "invalid_input",
             Error::NodeStopped => "node_stopped",
             Error::Signal { .. } => "signal",
+            Error::TurnRefused { .. } => "turn_refused",
+            Error::NotOnLan { .. } => "not_on_lan",
+            Error::Lan { .. } => "lan",
             Error::BadSettings { .. } => "bad_settings",
         }
     }

@@ -30,6 +30,17 @@ pub enum Event {
         total: u64,
         entries: Vec<OfferEntry>,
     },
+    /// Peer-list send: the other device proved its key. Both screens show `phrase`; on
+    /// first contact (`trusted` false) the users compare it before accepting.
+    Verify {
+        transfer: String,
+        peer: String,
+        device: String,
+        phrase: String,
+        trusted: bool,
+    },
+    /// `listen`: this device is online in its space and accepts incoming transfers.
+    Listening { device: String, name: String },
     /// A session with the peer is authenticated.
     Connected {
         transfer: String,

@@ -8,12 +8,15 @@
 
 pub mod config;
 pub mod crypto;
+pub mod device;
 pub mod error;
 pub mod events;
 pub mod fsx;
+pub mod lan;
 pub mod names;
 pub mod node;
 pub mod pairing;
+pub mod paths;
 pub mod recv;
 pub mod send;
 pub mod session;
@@ -28,5 +31,6 @@ pub use config::Config;
 pub use error::{Error, Result};
 pub use events::Event;
 pub use node::{
-    Decision, IncomingOffer, Node, Outcome, ReceiveOptions, SendOptions, SendStarted, TransferInfo,
+    Decision, IncomingOffer, ListenOptions, Node, Outcome, ReceiveOptions, SendOptions,
+    SendStarted, TransferInfo, TrustedDevice,
 };

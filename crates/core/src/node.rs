@@ -37,7 +37,8 @@ pub struct SendStarted {
 /// Options of a receive.
 #[derive(Debug, Clone)]
 pub struct ReceiveOptions {
-    /// Address of the sender (direct mode; unused when a signaling server is set).
+    /// Address of the sender (direct mode; unused when a signaling server is set). Empty:
+    /// find the sender of the code on the LAN over mDNS (see [`crate::lan`]).
     pub connect: String,
     /// Destination folder; the configured download folder when `None`.
     pub dir: Option<PathBuf>,
@@ -45,6 +46,22 @@ pub struct ReceiveOptions {
     pub auto_accept: bool,
     /// How long to keep reconnecting after the connection drops.
     pub reconnect_for: Duration,
+}
+
+/// Options of [`Node::listen`].
+#[derive(Debug, Clone)]
+pub struct ListenOptions {
+    /// Presence space to be online in; `None`: the devices behind the same public address.
+    pub space: Option<String>,
+    /// How incoming transfers are received (`connect` is unused).
+    pub receive: ReceiveOptions,
+}
+
+/// A pinned device.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TrustedDevice {
+    pub device: String,
+    pub name: String,
 }
 
 /// What a sender offers, shown before accepting.
@@ -111,7 +128,17 @@ pub(crate) enum Command {
     Send {
         paths: Vec<PathBuf>,
         opts: SendOptions,
+        to: Option<tasks::SendTo>,
         reply: oneshot::Sender<Result<SendStarted>>,
+    },
+    Listen {
+        opts: ListenOptions,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    Incoming {
+        request: crate::pairing::DeviceRequest,
+        trusted: bool,
+        opts: ReceiveOptions,
     },
     Receive {
         code: String,
@@ -132,6 +159,10 @@ pub(crate) enum Command {
         id: String,
         reply: oneshot::Sender<Result<()>>,
     },
+    Pause {
+        id: String,
+        reply: oneshot::Sender<Result<()>>,
+    },
     Wait {
         id: String,
         reply: oneshot::Sender<Outcome>,
@@ -143,11 +174,11 @@ pub(crate) enum Command {
     // From the node's own tasks:
     Started {
         id: String,
-        cancel: CancellationToken,
+        running: Running,
     },
     Offered {
         id: String,
-        cancel: CancellationToken,
+        running: Running,
         decision: oneshot::Sender<Decision>,
     },
     Finished {
@@ -165,9 +196,11 @@ pub(crate) struct Ctx {
     pub internal: mpsc::Sender<Command>,
     /// Signaling server (`ws://…/ws`), see [`Node::set_signal_url`].
     pub signal: Option<String>,
-    /// The node's root token: cancelled only when the whole node shuts down, which
-    /// interrupts transfers (resumable) instead of cancelling them.
+    /// Interrupts this task's transfer (resumable) instead of cancelling it: a child of
+    /// the node's root token (shutdown), or the transfer's own (pause).
     pub shutdown: CancellationToken,
+    /// Set when the interruption is a pause: the transfer ends `paused`, not `interrupted`.
+    pub paused: CancellationToken,
 }
 
 impl Ctx {
@@ -219,6 +252,7 @@ impl Node {
             internal: cmds.clone(),
             signal: None,
             shutdown: cancel.clone(),
+            paused: CancellationToken::new(),
         };
         let actor = Actor {
             inbox,
@@ -256,8 +290,76 @@ impl Node {
 
     /// Offers `paths`; returns once the code exists and the listener is up.
     pub async fn send(&self, paths: Vec<PathBuf>, opts: SendOptions) -> Result<SendStarted> {
-        self.ask(|reply| Command::Send { paths, opts, reply })
-            .await?
+        self.ask(|reply| Command::Send {
+            paths,
+            opts,
+            to: None,
+            reply,
+        })
+        .await?
+    }
+
+    /// Sends `paths` to the device `peer` (its name, or its id or an 8+ character prefix of
+    /// it) that is online in `space` on the signaling server: no code, the two device keys
+    /// authenticate the session (`Event::Verify` carries the phrase both screens show).
+    pub async fn send_to(
+        &self,
+        peer: &str,
+        space: Option<String>,
+        paths: Vec<PathBuf>,
+        opts: SendOptions,
+    ) -> Result<SendStarted> {
+        let to = Some(tasks::SendTo {
+            peer: peer.to_owned(),
+            space,
+        });
+        self.ask(|reply| Command::Send {
+            paths,
+            opts,
+            to,
+            reply,
+        })
+        .await?
+    }
+
+    /// Keeps this device online in its space on the signaling server and receives what
+    /// other devices send to it: each request shows up as `Event::Verify` + `Event::Offer`
+    /// and waits for [`Node::decide`] unless auto-accepted. Runs until [`Node::cancel`]
+    /// with the id `"listen"` or shutdown.
+    pub async fn listen(&self, opts: ListenOptions) -> Result<()> {
+        self.ask(|reply| Command::Listen { opts, reply }).await?
+    }
+
+    /// This device's id (the public half of its key), created on first use.
+    pub async fn device_id(&self) -> Result<String> {
+        let dir = self.store.path().parent().map(std::path::Path::to_owned);
+        let dir = dir.ok_or_else(|| Error::protocol("store without a folder"))?;
+        tokio::task::spawn_blocking(move || {
+            crate::device::DeviceKey::load_or_create(&dir).map(|k| k.id())
+        })
+        .await
+        .map_err(|_| Error::protocol("device key task failed"))?
+    }
+
+    /// Pins a device: later sessions from a device with its name but another key fail.
+    pub async fn trust(&self, device: &str, name: &str) -> Result<()> {
+        let (device, name) = (device.to_owned(), name.to_owned());
+        self.store.call(move |s| s.trust(&device, &name)).await
+    }
+
+    /// Unpins a device; false if it was not pinned.
+    pub async fn forget(&self, device: &str) -> Result<bool> {
+        let device = device.to_owned();
+        self.store.call(move |s| s.forget(&device)).await
+    }
+
+    /// Pinned devices.
+    pub async fn trusted(&self) -> Result<Vec<TrustedDevice>> {
+        let rows = self.store.call(|s| s.trusted()).await?;
+        Ok(rows
+            .into_iter()
+            .map(|(device, name)| TrustedDevice { device, name })
+            .collect())
     }
 
     /// Connects with a code; returns the offer (already being accepted if `auto_accept`).
@@ -287,6 +389,13 @@ impl Node {
             reply,
         })
         .await?
+    }
+
+    /// Stops a running transfer, keeping its checkpoint: it ends in state `paused`, and
+    /// [`Node::resume`] continues it. The peer sees an interruption and waits or retries.
+    pub async fn pause(&self, id: &str) -> Result<()> {
+        let id = id.to_owned();
+        self.ask(|reply| Command::Pause { id, reply }).await?
     }
 
     pub async fn cancel(&self, id: &str) -> Result<()> {
@@ -339,18 +448,49 @@ impl Node {
     }
 }
 
+/// The id under which the `listen` task runs (cancel it to stop listening).
+pub const LISTEN_ID: &str = "listen";
+
+/// A running transfer's controls.
+pub(crate) struct Running {
+    cancel: CancellationToken,
+    /// Cancelling it interrupts the transfer; its `cancel` token is a child of it.
+    interrupt: CancellationToken,
+    paused: CancellationToken,
+}
+
+impl Running {
+    pub(crate) fn of(ctx: &Ctx, cancel: CancellationToken) -> Self {
+        Running {
+            cancel,
+            interrupt: ctx.shutdown.clone(),
+            paused: ctx.paused.clone(),
+        }
+    }
+}
+
 struct Actor {
     inbox: mpsc::Receiver<Command>,
     ctx: Ctx,
     cancel: CancellationToken,
     tasks: TaskTracker,
-    running: HashMap<String, CancellationToken>,
+    running: HashMap<String, Running>,
     decisions: HashMap<String, oneshot::Sender<Decision>>,
     finished: HashMap<String, Outcome>,
     waiters: HashMap<String, Vec<oneshot::Sender<Outcome>>>,
 }
 
 impl Actor {
+    /// A context and cancellation token for a new task: the task's interrupt token is a
+    /// child of the node's root, its cancel token a child of that.
+    fn task_ctx(&self) -> (Ctx, CancellationToken) {
+        let mut ctx = self.ctx.clone();
+        ctx.shutdown = self.cancel.child_token();
+        ctx.paused = CancellationToken::new();
+        let token = ctx.shutdown.child_token();
+        (ctx, token)
+    }
+
     async fn run(mut self) {
         loop {
             tokio::select! {
@@ -366,15 +506,51 @@ impl Actor {
 
     fn handle(&mut self, cmd: Command) {
         match cmd {
-            Command::Send { paths, opts, reply } => {
-                let token = self.cancel.child_token();
+            Command::Send {
+                paths,
+                opts,
+                to,
+                reply,
+            } => {
+                let (ctx, token) = self.task_ctx();
                 self.tasks
-                    .spawn(tasks::send(self.ctx.clone(), paths, opts, token, reply));
+                    .spawn(tasks::send(ctx, paths, opts, to, token, reply));
+            }
+            Command::Listen { opts, reply } => {
+                if self.running.contains_key(LISTEN_ID) {
+                    let _ = reply.send(Err(Error::InvalidInput {
+                        reason: "already listening".into(),
+                    }));
+                    return;
+                }
+                let (ctx, token) = self.task_ctx();
+                self.running
+                    .insert(LISTEN_ID.to_owned(), Running::of(&ctx, token.clone()));
+                let internal = self.ctx.internal.clone();
+                let listening = tasks::listen(ctx, opts, token, reply);
+                self.tasks.spawn(async move {
+                    listening.await;
+                    let _ = internal
+                        .send(Command::Finished {
+                            id: LISTEN_ID.to_owned(),
+                            outcome: Outcome::failed(&Error::Cancelled),
+                        })
+                        .await;
+                });
+            }
+            Command::Incoming {
+                request,
+                trusted,
+                opts,
+            } => {
+                let (ctx, token) = self.task_ctx();
+                self.tasks
+                    .spawn(tasks::receive_device(ctx, request, trusted, opts, token));
             }
             Command::Receive { code, opts, reply } => {
-                let token = self.cancel.child_token();
+                let (ctx, token) = self.task_ctx();
                 self.tasks
-                    .spawn(tasks::receive(self.ctx.clone(), code, opts, token, reply));
+                    .spawn(tasks::receive(ctx, code, opts, token, reply));
             }
             Command::Decide {
                 id,
@@ -397,20 +573,27 @@ impl Actor {
                     return;
                 }
                 self.finished.remove(&id);
-                let token = self.cancel.child_token();
-                self.running.insert(id.clone(), token.clone());
-                self.tasks.spawn(tasks::resume(
-                    self.ctx.clone(),
-                    id,
-                    reconnect_for,
-                    token,
-                    reply,
-                ));
+                let (ctx, token) = self.task_ctx();
+                self.running
+                    .insert(id.clone(), Running::of(&ctx, token.clone()));
+                self.tasks
+                    .spawn(tasks::resume(ctx, id, reconnect_for, token, reply));
             }
             Command::Cancel { id, reply } => {
                 let r = match self.running.get(&id) {
                     Some(t) => {
-                        t.cancel();
+                        t.cancel.cancel();
+                        Ok(())
+                    }
+                    None => Err(Error::UnknownTransfer { id }),
+                };
+                let _ = reply.send(r);
+            }
+            Command::Pause { id, reply } => {
+                let r = match self.running.get(&id) {
+                    Some(t) => {
+                        t.paused.cancel();
+                        t.interrupt.cancel();
                         Ok(())
                     }
                     None => Err(Error::UnknownTransfer { id }),
@@ -428,15 +611,15 @@ impl Actor {
                 self.ctx.signal = url;
                 let _ = reply.send(());
             }
-            Command::Started { id, cancel } => {
-                self.running.insert(id, cancel);
+            Command::Started { id, running } => {
+                self.running.insert(id, running);
             }
             Command::Offered {
                 id,
-                cancel,
+                running,
                 decision,
             } => {
-                self.running.insert(id.clone(), cancel);
+                self.running.insert(id.clone(), running);
                 self.decisions.insert(id, decision);
             }
             Command::Finished { id, outcome } => {

@@ -1,11 +1,15 @@
 //! Pairing through the signaling server: a share code's nameplate, SPAKE2 over relayed
-//! blobs, then a sealed offer of the sender's direct paths.
+//! blobs, a sealed offer of the sender's direct paths; then the transfer's rendezvous,
+//! where the receiver finds the sender again (first connection, resume after a restart
+//! or a network change) and both negotiate the data path.
 //!
-//! Owns: the rendezvous over `skiff-signal` (allocate, wait for the claim, claim, release),
-//! one PAKE attempt per nameplate, and routing relayed blobs from the one paired peer.
+//! Owns: the meetings over `skiff-signal` (allocate, wait for the claim, claim, release;
+//! the rendezvous space derived one-way from the resume secret), one PAKE attempt per
+//! nameplate, the resume handshake at the rendezvous, and routing relayed blobs by peer.
 //! Must not: give the server anything but the nameplate, PAKE messages, confirmations and
 //! sealed frames; the code's words never leave this process.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
 
@@ -13,14 +17,20 @@ use skiff_proto::code::ShareCode;
 use skiff_proto::frame::{Plain, COUNTER_LEN};
 use skiff_proto::handshake::DialHello;
 use skiff_proto::rendezvous::SenderSignal;
-use skiff_proto::signal::{DeviceId, IceServer, Nameplate, PeerId, SealedBlob};
+use skiff_proto::signal::{
+    DeviceId, IceServer, Nameplate, PeerId, PeerInfo, SealedBlob, SpaceName,
+};
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::crypto::Secret;
+use crate::device::{self, DeviceKey, DeviceSession};
+use crate::paths;
 use crate::session::{self, Channel};
 use crate::signal::{SignalClient, SignalEvent, SignalOptions};
-use crate::transport::relay;
+use crate::transport::webrtc::RtcConfig;
+use crate::transport::{relay, Conn};
 use crate::{Error, Result};
 
 /// How long a sender's code waits for its receiver (the server's nameplate TTL may be shorter).
@@ -40,10 +50,31 @@ fn signal_err(reason: impl Into<String>) -> Error {
 }
 
 impl SignalLink {
-    /// Connects to `url` and waits for the server's welcome.
-    pub async fn connect(url: &str, device_name: &str) -> Result<Self> {
-        let device_id = DeviceId::try_from(hex::encode(rand::random::<[u8; 16]>()))
-            .map_err(|e| signal_err(e.to_string()))?;
+    /// Connects to `url` in presence `space` and waits for the server's welcome.
+    /// Without a space, the link gets a private one of its own: a code's pairing link
+    /// must not show up in anybody's list of devices.
+    pub async fn connect(url: &str, device_name: &str, space: Option<SpaceName>) -> Result<Self> {
+        let space = match space {
+            Some(s) => s,
+            None => {
+                SpaceName::try_from(format!("pair-{}", hex::encode(rand::random::<[u8; 12]>())))
+                    .map_err(signal_err)?
+            }
+        };
+        let id = hex::encode(rand::random::<[u8; 16]>());
+        Self::connect_as(url, &id, device_name, Some(space)).await
+    }
+
+    /// [`SignalLink::connect`] under a stable device id (peer-list sends); `space` `None`
+    /// is the server's default grouping (the devices behind one public address).
+    pub async fn connect_as(
+        url: &str,
+        device_id: &str,
+        device_name: &str,
+        space: Option<SpaceName>,
+    ) -> Result<Self> {
+        let device_id =
+            DeviceId::try_from(device_id.to_owned()).map_err(|e| signal_err(e.to_string()))?;
         let name: String = device_name
             .chars()
             .take(skiff_proto::signal::MAX_LABEL_LEN / 4)
@@ -52,7 +83,7 @@ impl SignalLink {
             url: url.to_owned(),
             device_id,
             name,
-            space: None,
+            space,
             backoff: Default::default(),
         };
         let (client, mut events) = SignalClient::spawn(options);
@@ -98,12 +129,33 @@ impl SignalLink {
         self.client.shutdown().await;
     }
 
-    /// Runs `work` while routing blobs from `peer` into `inbox`. Losing the nameplate or
-    /// the server ends it with an error.
+    /// The other peers in the space (the snapshot the server sends after its welcome).
+    pub async fn peers(&mut self) -> Result<Vec<PeerInfo>> {
+        tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match self.events.recv().await {
+                    Some(SignalEvent::Peers { list }) => return Ok(list),
+                    Some(SignalEvent::Stopped { reason })
+                    | Some(SignalEvent::Disconnected { reason, .. }) => {
+                        return Err(signal_err(format!("lost the signaling server: {reason}")))
+                    }
+                    Some(_) => {}
+                    None => return Err(signal_err("the signaling client stopped")),
+                }
+            }
+        })
+        .await
+        .map_err(|_| Error::Timeout {
+            what: "waiting for the list of peers",
+        })?
+    }
+
+    /// Runs `work` while routing blobs from `peer` into `inbox`. Losing the peer, the
+    /// nameplate or the server ends it with an error.
     async fn routed<T>(
         &mut self,
         peer: &PeerId,
-        nameplate: &Nameplate,
+        nameplate: Option<&Nameplate>,
         inbox: &mpsc::Sender<SealedBlob>,
         work: impl Future<Output = Result<T>>,
     ) -> Result<T> {
@@ -119,7 +171,10 @@ impl SignalLink {
                         }
                     }
                     Some(SignalEvent::Message { .. }) => {} // not our peer: ignored
-                    Some(SignalEvent::NameplateLeft { nameplate: n, .. }) if &n == nameplate => {
+                    Some(SignalEvent::NameplateLeft { nameplate: n, .. }) if Some(&n) == nameplate => {
+                        return Err(Error::ConnectionClosed);
+                    }
+                    Some(SignalEvent::PeerLeft { peer_id }) if &peer_id == peer => {
                         return Err(Error::ConnectionClosed);
                     }
                     Some(SignalEvent::Disconnected { reason, .. }) | Some(SignalEvent::Stopped { reason }) => {
@@ -205,7 +260,7 @@ pub async fn sender_pair<F: Future<Output = Result<()>>>(
             .send_control(&SenderSignal::Paths { tcp }.encode())
             .await
     };
-    let result = link.routed(&peer, nameplate, &inbox_tx, work).await;
+    let result = link.routed(&peer, Some(nameplate), &inbox_tx, work).await;
     let _ = link.client.release(nameplate.clone()).await;
     result
 }
@@ -247,9 +302,357 @@ pub async fn receiver_pair(
             other => Err(Error::protocol(format!("unexpected signal {other:?}"))),
         }
     };
-    let result = link.routed(&peer, &nameplate, &inbox_tx, work).await;
+    let result = link.routed(&peer, Some(&nameplate), &inbox_tx, work).await;
     let _ = link.client.release(nameplate).await;
     result
+}
+
+/// Most receivers a sender negotiates with at once at its rendezvous.
+const MAX_RENDEZVOUS_PEERS: usize = 4;
+/// How long a receiver waits for the sender to show up at the rendezvous.
+pub const RENDEZVOUS_WAIT: Duration = Duration::from_secs(10);
+
+/// The signaling server's ICE servers (ephemeral TURN credentials) in WebRTC's form.
+pub fn rtc_ice(servers: &[IceServer]) -> Vec<crate::transport::webrtc::IceServer> {
+    servers
+        .iter()
+        .map(|s| crate::transport::webrtc::IceServer {
+            urls: s.urls.clone(),
+            username: s.username.clone().unwrap_or_default(),
+            credential: s.credential.clone().unwrap_or_default(),
+        })
+        .collect()
+}
+
+/// `base` (the user's settings) plus the ICE servers the signaling server handed out.
+fn with_ice(base: &RtcConfig, servers: &[IceServer]) -> RtcConfig {
+    let mut cfg = base.clone();
+    cfg.ice_servers.extend(rtc_ice(servers));
+    cfg
+}
+
+fn space_of(secret: &Secret) -> Result<SpaceName> {
+    SpaceName::try_from(crate::crypto::rendezvous_space(secret)).map_err(signal_err)
+}
+
+/// Sender: joins the transfer's rendezvous space on `url`, where its receiver finds it
+/// (right after the code, and again after either side restarts).
+pub async fn open_rendezvous(url: &str, device_name: &str, secret: &Secret) -> Result<SignalLink> {
+    SignalLink::connect(url, device_name, Some(space_of(secret)?)).await
+}
+
+/// Sender: serves its rendezvous until `cancel`: each receiver that reaches it must pass
+/// the resume handshake, then negotiates data paths (`paths::serve`), whose connections go
+/// to `incoming`. The signaling client reconnects by itself after a server restart.
+pub async fn serve_rendezvous(
+    mut link: SignalLink,
+    secret: Secret,
+    tcp: Vec<String>,
+    rtc: RtcConfig,
+    incoming: mpsc::Sender<Conn>,
+    cancel: CancellationToken,
+) -> Result<()> {
+    let mut inboxes: HashMap<PeerId, mpsc::Sender<SealedBlob>> = HashMap::new();
+    let mut handlers: JoinSet<PeerId> = JoinSet::new();
+    let mut ice = link.ice_servers.clone();
+    let result = loop {
+        tokio::select! {
+            biased;
+            () = cancel.cancelled() => break Ok(()),
+            Some(done) = handlers.join_next() => {
+                if let Ok(peer) = done {
+                    inboxes.remove(&peer);
+                }
+            }
+            ev = link.events.recv() => match ev {
+                Some(SignalEvent::Message { from, blob }) => {
+                    if let Some(inbox) = inboxes.get(&from) {
+                        // A peer that does not read its queue loses blobs, not our time.
+                        let _ = inbox.try_send(blob);
+                        continue;
+                    }
+                    if inboxes.len() >= MAX_RENDEZVOUS_PEERS {
+                        continue;
+                    }
+                    let (tx, rx) = mpsc::channel(32);
+                    let _ = tx.try_send(blob);
+                    inboxes.insert(from.clone(), tx);
+                    let conn = relay::conn(link.client.clone(), from.clone(), rx);
+                    let (tcp, rtc, incoming) = (tcp.clone(), with_ice(&rtc, &ice), incoming.clone());
+                    handlers.spawn(async move {
+                        if let Err(e) = answer_at_rendezvous(conn, &secret, tcp, rtc, incoming).await {
+                            tracing::info!("rendezvous with {}: {e}", from.as_str());
+                        }
+                        from
+                    });
+                }
+                Some(SignalEvent::PeerLeft { peer_id }) => {
+                    // Dropping its inbox ends that peer's relayed stream.
+                    inboxes.remove(&peer_id);
+                }
+                Some(SignalEvent::Connected { ice_servers, .. })
+                | Some(SignalEvent::IceServers { ice_servers, .. }) => ice = ice_servers,
+                Some(SignalEvent::Disconnected { reason, .. }) => {
+                    tracing::info!("rendezvous: lost the signaling server ({reason}); reconnecting");
+                    inboxes.clear();
+                }
+                Some(SignalEvent::Stopped { reason }) => {
+                    break Err(signal_err(format!("the signaling client stopped: {reason}")))
+                }
+                Some(_) => {}
+                None => break Err(signal_err("the signaling client stopped")),
+            },
+        }
+    };
+    handlers.shutdown().await;
+    link.shutdown().await;
+    result
+}
+
+async fn answer_at_rendezvous(
+    mut conn: Conn,
+    secret: &Secret,
+    tcp: Vec<String>,
+    rtc: RtcConfig,
+    incoming: mpsc::Sender<Conn>,
+) -> Result<()> {
+    let DialHello::Resume {
+        rendezvous, nonce, ..
+    } = session::read_hello(&mut conn).await?
+    else {
+        session::refuse(&mut conn, "unknown_transfer", "resume only at a rendezvous").await;
+        return Err(Error::protocol("a code at the rendezvous"));
+    };
+    let expected = crate::crypto::rendezvous(secret);
+    if skiff_proto::handshake::hex_field::<32>(&rendezvous).ok() != Some(expected) {
+        session::refuse(&mut conn, "unknown_transfer", "no such transfer here").await;
+        return Err(Error::protocol("a stranger at the rendezvous"));
+    }
+    let sig = session::accept_resume(conn, secret, &nonce).await?;
+    paths::serve(sig, tcp, rtc, incoming).await
+}
+
+/// Receiver: meets the sender at the transfer's rendezvous space on `url` (waiting up to
+/// `wait` for it to appear), authenticates with the resume secret, and negotiates a data
+/// channel (`paths::dial`).
+pub async fn dial_rendezvous(
+    url: &str,
+    device_name: &str,
+    secret: &Secret,
+    rtc: &RtcConfig,
+    skip_tcp: bool,
+    wait: Duration,
+) -> Result<Channel> {
+    let mut link = SignalLink::connect(url, device_name, Some(space_of(secret)?)).await?;
+    let rtc = with_ice(rtc, &link.ice_servers);
+    let result = async {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut candidates: Vec<PeerId> = Vec::new();
+        let mut last = Error::Timeout {
+            what: "waiting for the sender at the rendezvous (is it running?)",
+        };
+        loop {
+            if let Some(peer) = candidates.pop() {
+                let (inbox_tx, inbox) = mpsc::channel(32);
+                let conn = relay::conn(link.client.clone(), peer.clone(), inbox);
+                let work = async {
+                    let mut sig = session::dial_resume(conn, secret).await?;
+                    let data = paths::dial(&mut sig, secret, &rtc, skip_tcp).await;
+                    sig.tx.close().await;
+                    data
+                };
+                match link.routed(&peer, None, &inbox_tx, work).await {
+                    Ok(ch) => return Ok(ch),
+                    Err(e) => {
+                        tracing::info!("rendezvous with {}: {e}", peer.as_str());
+                        if matches!(e, Error::PeerVerification { .. } | Error::Decrypt) {
+                            return Err(e);
+                        }
+                        last = e;
+                        continue;
+                    }
+                }
+            }
+            let ev = tokio::time::timeout_at(deadline, link.events.recv())
+                .await
+                .map_err(|_| std::mem::replace(&mut last, Error::ConnectionClosed))?;
+            match ev {
+                Some(SignalEvent::Peers { list }) => {
+                    candidates.extend(list.into_iter().map(|p| p.peer_id))
+                }
+                Some(SignalEvent::PeerJoined { peer }) => candidates.push(peer.peer_id),
+                Some(SignalEvent::Stopped { reason }) => {
+                    return Err(signal_err(format!(
+                        "the signaling client stopped: {reason}"
+                    )))
+                }
+                Some(_) => {}
+                None => return Err(signal_err("the signaling client stopped")),
+            }
+        }
+    }
+    .await;
+    link.shutdown().await;
+    result
+}
+
+/// Sender, peer-list send: proves this device to `peer` and learns its key (Noise XX over
+/// the relay), hands the session to `keep` (which stores the secret and opens the
+/// rendezvous), then offers `tcp` on the sealed channel the receiver opens with it.
+pub async fn device_offer<F: Future<Output = Result<()>>>(
+    link: &mut SignalLink,
+    peer: &PeerId,
+    key: &DeviceKey,
+    name: &str,
+    tcp: Vec<String>,
+    keep: impl FnOnce(DeviceSession) -> F,
+) -> Result<()> {
+    let (inbox_tx, inbox) = mpsc::channel(16);
+    let conn = relay::conn(link.client.clone(), peer.clone(), inbox);
+    let work = async {
+        let mut conn = conn;
+        let session = device::initiate(&mut conn, key, name).await?;
+        let secret = session.secret;
+        keep(session).await?;
+        let DialHello::Resume {
+            rendezvous, nonce, ..
+        } = session::read_hello(&mut conn).await?
+        else {
+            return Err(Error::protocol("the receiving device did not resume"));
+        };
+        if skiff_proto::handshake::hex_field::<32>(&rendezvous).ok()
+            != Some(crate::crypto::rendezvous(&secret))
+        {
+            return Err(Error::PeerVerification {
+                reason: "the receiving device does not hold the session key".into(),
+            });
+        }
+        let mut ch = session::accept_resume(conn, &secret, &nonce).await?;
+        ch.tx
+            .send_control(&SenderSignal::Paths { tcp }.encode())
+            .await
+    };
+    link.routed(peer, None, &inbox_tx, work).await
+}
+
+/// An incoming peer-list send, authenticated, with the sender's direct addresses.
+#[derive(Debug)]
+pub struct DeviceRequest {
+    pub device: device::PeerDevice,
+    pub secret: Secret,
+    pub tcp: Vec<String>,
+}
+
+/// Decides whether a device may proceed (say, refuses a key that differs from the one
+/// pinned for its name); `Ok(trusted)` to go on.
+pub type DeviceCheck = std::sync::Arc<
+    dyn Fn(device::PeerDevice) -> std::pin::Pin<Box<dyn Future<Output = Result<bool>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// Listener (`skiff listen`): answers devices that contact this one in its space until
+/// `cancel`; each one that passes the handshake and `check` becomes a [`DeviceRequest`].
+pub async fn serve_listen(
+    mut link: SignalLink,
+    key: DeviceKey,
+    name: String,
+    check: DeviceCheck,
+    requests: mpsc::Sender<(DeviceRequest, bool)>,
+    cancel: CancellationToken,
+) -> Result<()> {
+    let mut inboxes: HashMap<PeerId, mpsc::Sender<SealedBlob>> = HashMap::new();
+    let mut handlers: JoinSet<PeerId> = JoinSet::new();
+    let result = loop {
+        tokio::select! {
+            biased;
+            () = cancel.cancelled() => break Ok(()),
+            Some(done) = handlers.join_next() => {
+                if let Ok(peer) = done {
+                    inboxes.remove(&peer);
+                }
+            }
+            ev = link.events.recv() => match ev {
+                Some(SignalEvent::Message { from, blob }) => {
+                    if let Some(inbox) = inboxes.get(&from) {
+                        let _ = inbox.try_send(blob);
+                        continue;
+                    }
+                    if inboxes.len() >= MAX_RENDEZVOUS_PEERS {
+                        continue;
+                    }
+                    let (tx, rx) = mpsc::channel(32);
+                    let _ = tx.try_send(blob);
+                    inboxes.insert(from.clone(), tx);
+                    let conn = relay::conn(link.client.clone(), from.clone(), rx);
+                    let (key, name, check, requests) =
+                        (key.clone(), name.clone(), check.clone(), requests.clone());
+                    handlers.spawn(async move {
+                        match answer_device(conn, &key, &name, &check).await {
+                            Ok(r) => {
+                                let _ = requests.send(r).await;
+                            }
+                            Err(e) => tracing::info!("device request from {}: {e}", from.as_str()),
+                        }
+                        from
+                    });
+                }
+                Some(SignalEvent::PeerLeft { peer_id }) => {
+                    inboxes.remove(&peer_id);
+                }
+                Some(SignalEvent::Disconnected { reason, .. }) => {
+                    tracing::info!("listen: lost the signaling server ({reason}); reconnecting");
+                    inboxes.clear();
+                }
+                Some(SignalEvent::Stopped { reason }) => {
+                    break Err(signal_err(format!("the signaling client stopped: {reason}")))
+                }
+                Some(_) => {}
+                None => break Err(signal_err("the signaling client stopped")),
+            },
+        }
+    };
+    handlers.shutdown().await;
+    link.shutdown().await;
+    result
+}
+
+async fn answer_device(
+    mut conn: Conn,
+    key: &DeviceKey,
+    name: &str,
+    check: &DeviceCheck,
+) -> Result<(DeviceRequest, bool)> {
+    let first = device::first_message(&mut conn).await?;
+    let session = device::respond(&mut conn, key, name, &first).await?;
+    let trusted = check(session.peer.clone()).await?;
+    let mut ch = session::dial_resume(conn, &session.secret).await?;
+    let frame = tokio::time::timeout(session::HANDSHAKE_TIMEOUT, ch.rx.recv())
+        .await
+        .map_err(|_| Error::Timeout {
+            what: "waiting for the sending device's paths",
+        })??
+        .ok_or(Error::ConnectionClosed)?;
+    let Plain::Control(body) =
+        Plain::parse(&frame[COUNTER_LEN..]).map_err(|e| Error::protocol(e.to_string()))?
+    else {
+        return Err(Error::protocol("file data on the signaling channel"));
+    };
+    let SenderSignal::Paths { tcp } =
+        SenderSignal::decode(body).map_err(|e| Error::protocol(e.to_string()))?
+    else {
+        return Err(Error::protocol(
+            "the sending device did not offer its paths",
+        ));
+    };
+    Ok((
+        DeviceRequest {
+            device: session.peer,
+            secret: session.secret,
+            tcp,
+        },
+        trusted,
+    ))
 }
 
 /// This machine's addresses with `port`, for a sender listening on every interface.

@@ -1080,6 +1080,7 @@ mod tests {
                 direction: Direction::Receive,
                 state: "interrupted".into(),
                 peer_addr: String::new(),
+                signal_url: None,
                 resume_secret: Some([1; 32]),
                 manifest: String::from_utf8(m.encode()).unwrap(),
                 dest_dir: Some(t.join("dest").display().to_string()),

@@ -212,7 +212,9 @@ pub async fn dial_resume(mut conn: Conn, resume_secret: &Secret) -> Result<Chann
     };
     send_clear(&mut conn, ours.encode()).await?;
     keys.check_theirs(Role::Receiver, &theirs)
-        .map_err(|_| Error::protocol("resume keys did not match"))?;
+        .map_err(|_| Error::PeerVerification {
+            reason: "the resume keys did not match".into(),
+        })?;
     Ok(into_channel(conn, keys, Role::Receiver))
 }
 
@@ -280,7 +282,9 @@ pub async fn accept_resume(
     let confirm = Confirm::decode(&recv_clear(&mut conn).await?).map_err(proto)?;
     let theirs = hex_field::<32>(&confirm.confirm).map_err(proto)?;
     keys.check_theirs(Role::Sender, &theirs)
-        .map_err(|_| Error::protocol("resume keys did not match"))?;
+        .map_err(|_| Error::PeerVerification {
+            reason: "the resume keys did not match".into(),
+        })?;
     Ok(into_channel(conn, keys, Role::Sender))
 }
 

@@ -20,6 +20,7 @@ CREATE TABLE IF NOT EXISTS transfers(
   direction TEXT NOT NULL,          -- 'send' | 'receive'
   state TEXT NOT NULL,
   peer_addr TEXT NOT NULL,          -- sender: listen address; receiver: address to dial
+  signal_url TEXT,                  -- signaling server where both ends meet to resume
   resume_secret BLOB,
   manifest TEXT NOT NULL,
   dest_dir TEXT,
@@ -42,6 +43,11 @@ CREATE TABLE IF NOT EXISTS files(
   local_name TEXT,                  -- receiver: final file name in that folder
   PRIMARY KEY(transfer, idx)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS trusted(
+  device_id TEXT PRIMARY KEY,       -- the device's public key, hex
+  name TEXT NOT NULL,
+  added INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS chunks(
   transfer TEXT NOT NULL,
   file INTEGER NOT NULL,
@@ -74,6 +80,8 @@ pub struct TransferRow {
     pub direction: Direction,
     pub state: String,
     pub peer_addr: String,
+    /// Signaling server both ends use to meet again; `None` in direct mode.
+    pub signal_url: Option<String>,
     pub resume_secret: Option<[u8; 32]>,
     pub manifest: String,
     pub dest_dir: Option<String>,
@@ -125,6 +133,13 @@ fn open_conn(path: &Path) -> rusqlite::Result<Connection> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.execute_batch(SCHEMA)?;
+    // Databases from before the signaling column.
+    if conn
+        .prepare("SELECT signal_url FROM transfers LIMIT 0")
+        .is_err()
+    {
+        conn.execute_batch("ALTER TABLE transfers ADD COLUMN signal_url TEXT")?;
+    }
     // Fails on a file that is not a database.
     conn.query_row("SELECT count(*) FROM transfers", [], |r| r.get::<_, i64>(0))?;
     Ok(conn)
@@ -192,8 +207,8 @@ impl Store {
     pub fn insert_transfer(&self, t: &TransferRow) -> Result<()> {
         self.lock().execute(
             "INSERT INTO transfers(id, direction, state, peer_addr, resume_secret, manifest, dest_dir,
-               peer_name, total_bytes, path_kind, created, updated)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)",
+               peer_name, total_bytes, path_kind, created, updated, signal_url)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12)",
             params![
                 t.id,
                 t.direction.as_str(),
@@ -205,7 +220,8 @@ impl Store {
                 t.peer_name,
                 t.total_bytes as i64,
                 t.path_kind,
-                now()
+                now(),
+                t.signal_url,
             ],
         )?;
         Ok(())
@@ -223,6 +239,43 @@ impl Store {
         self.lock().execute(
             "UPDATE transfers SET resume_secret = ?2, path_kind = ?3, updated = ?4 WHERE id = ?1",
             params![id, resume_secret.to_vec(), path_kind, now()],
+        )?;
+        Ok(())
+    }
+
+    /// Pins a device (peer-list sends): its key is then expected for its name.
+    pub fn trust(&self, device_id: &str, name: &str) -> Result<()> {
+        self.lock().execute(
+            "INSERT INTO trusted(device_id, name, added) VALUES (?1, ?2, ?3)
+             ON CONFLICT(device_id) DO UPDATE SET name = excluded.name",
+            params![device_id, name, now()],
+        )?;
+        Ok(())
+    }
+
+    /// Unpins a device; true if it was pinned.
+    pub fn forget(&self, device_id: &str) -> Result<bool> {
+        Ok(self.lock().execute(
+            "DELETE FROM trusted WHERE device_id = ?1",
+            params![device_id],
+        )? > 0)
+    }
+
+    /// Pinned devices as (device id, name).
+    pub fn trusted(&self) -> Result<Vec<(String, String)>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare("SELECT device_id, name FROM trusted ORDER BY name")?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    /// The path the latest session took (`lan`, `direct`, `turn-udp`, …).
+    pub fn set_path_kind(&self, id: &str, path_kind: &str) -> Result<()> {
+        self.lock().execute(
+            "UPDATE transfers SET path_kind = ?2, updated = ?3 WHERE id = ?1",
+            params![id, path_kind, now()],
         )?;
         Ok(())
     }
@@ -454,7 +507,7 @@ impl Store {
 
 const SELECT_TRANSFER: &str =
     "SELECT id, direction, state, peer_addr, resume_secret, manifest, dest_dir, peer_name,
-    total_bytes, path_kind, error_kind, error, created, updated FROM transfers";
+    total_bytes, path_kind, error_kind, error, created, updated, signal_url FROM transfers";
 
 fn row_to_transfer(r: &rusqlite::Row<'_>) -> rusqlite::Result<TransferRow> {
     let direction: String = r.get(1)?;
@@ -468,6 +521,7 @@ fn row_to_transfer(r: &rusqlite::Row<'_>) -> rusqlite::Result<TransferRow> {
         },
         state: r.get(2)?,
         peer_addr: r.get(3)?,
+        signal_url: r.get(14)?,
         resume_secret: secret.and_then(|s| <[u8; 32]>::try_from(s.as_slice()).ok()),
         manifest: r.get(5)?,
         dest_dir: r.get(6)?,
@@ -491,6 +545,7 @@ mod tests {
             direction: Direction::Receive,
             state: "transferring".into(),
             peer_addr: "127.0.0.1:1".into(),
+            signal_url: None,
             resume_secret: Some([3; 32]),
             manifest: "{}".into(),
             dest_dir: Some("/tmp".into()),

@@ -14,22 +14,24 @@ use skiff_proto::handshake::{hex_field, DialHello};
 use skiff_proto::manifest::{Entry, Manifest};
 use skiff_proto::peer::{ReceiverMsg, SenderMsg};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::TransferLock;
 use crate::events::{Event, OfferEntry};
 use crate::fsx::DestDir;
+use crate::lan;
 use crate::node::{
     Command, Ctx, Decision, IncomingOffer, Outcome, ReceiveOptions, SendOptions, SendStarted,
     TransferInfo,
 };
 use crate::pairing::{self, SignalLink};
+use crate::paths;
 use crate::recv::{self, Holdings, RecvCtx};
 use crate::send::{self, SendCtx};
 use crate::session::{self, Channel};
 use crate::store::{Direction, Store, TransferRow};
-use crate::transport::tcp;
+use crate::transport::{tcp, Conn};
 use crate::walk;
 use crate::{Error, Result};
 
@@ -39,7 +41,7 @@ const OFFER_TIMEOUT: Duration = Duration::from_secs(30);
 /// States a transfer can be resumed from ("waiting" senders never met a receiver: their
 /// code is gone with the process, so they cannot).
 pub(crate) fn is_resumable_state(state: &str) -> bool {
-    matches!(state, "transferring" | "interrupted")
+    matches!(state, "transferring" | "interrupted" | "paused")
 }
 
 async fn blocking<R: Send + 'static>(f: impl FnOnce() -> Result<R> + Send + 'static) -> Result<R> {
@@ -66,10 +68,65 @@ fn new_id() -> String {
 
 // ---------------------------------------------------------------- sender
 
+/// A peer-list send's target: a device name or id (prefix) in a presence space.
+#[derive(Debug, Clone)]
+pub(crate) struct SendTo {
+    pub peer: String,
+    pub space: Option<String>,
+}
+
+fn space_name(space: &Option<String>) -> Result<Option<skiff_proto::signal::SpaceName>> {
+    space
+        .clone()
+        .map(skiff_proto::signal::SpaceName::try_from)
+        .transpose()
+        .map_err(|reason| Error::InvalidInput { reason })
+}
+
+/// The one device in `peers` that `target` names (its id, an id prefix of 8+ characters,
+/// or its name, case-insensitively).
+fn pick_peer(
+    peers: &[skiff_proto::signal::PeerInfo],
+    target: &str,
+) -> Result<skiff_proto::signal::PeerInfo> {
+    let t = target.trim();
+    let by_id: Vec<_> = peers
+        .iter()
+        .filter(|p| {
+            let id = p.device_id.as_str();
+            id == t || (t.len() >= 8 && id.starts_with(t))
+        })
+        .collect();
+    let found = if by_id.is_empty() {
+        peers
+            .iter()
+            .filter(|p| p.name.eq_ignore_ascii_case(t))
+            .collect()
+    } else {
+        by_id
+    };
+    match found.as_slice() {
+        [one] => Ok((*one).clone()),
+        [] => Err(Error::InvalidInput {
+            reason: format!(
+                "no device {:?} is online in this space (see `skiff peers`)",
+                crate::names::display_escape(t)
+            ),
+        }),
+        _ => Err(Error::InvalidInput {
+            reason: format!(
+                "several devices are called {:?}: use the device id",
+                crate::names::display_escape(t)
+            ),
+        }),
+    }
+}
+
 pub(crate) async fn send(
     ctx: Ctx,
     paths: Vec<std::path::PathBuf>,
     opts: SendOptions,
+    to: Option<SendTo>,
     cancel: CancellationToken,
     reply: oneshot::Sender<Result<SendStarted>>,
 ) {
@@ -87,6 +144,7 @@ pub(crate) async fn send(
             direction: Direction::Send,
             state: "waiting".into(),
             peer_addr: listen.clone(),
+            signal_url: ctx.signal.clone(),
             resume_secret: None,
             manifest: String::from_utf8_lossy(&offer.manifest.encode()).into_owned(),
             dest_dir: None,
@@ -111,25 +169,58 @@ pub(crate) async fn send(
             })
             .await?;
         // With a signaling server, the server hands out the nameplate; otherwise any
-        // random number does (it only has to match on both ends).
-        let (code, link) = match &ctx.signal {
-            Some(url) => {
-                let link = SignalLink::connect(url, &ctx.config.device_name).await?;
+        // random number does (it only has to match on both ends). A peer-list send has
+        // no code: the device handshake replaces it.
+        let (code, link) = match (&ctx.signal, to) {
+            (None, Some(_)) => {
+                return Err(Error::InvalidInput {
+                    reason: "sending to a device needs a signaling server".into(),
+                })
+            }
+            (Some(url), Some(to)) => {
+                let data_dir = ctx.config.data_dir.clone();
+                let key =
+                    blocking(move || crate::device::DeviceKey::load_or_create(&data_dir)).await?;
+                let mut link = SignalLink::connect_as(
+                    url,
+                    &key.id(),
+                    &ctx.config.device_name,
+                    space_name(&to.space)?,
+                )
+                .await?;
+                let target = match link.peers().await.and_then(|p| pick_peer(&p, &to.peer)) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        link.shutdown().await;
+                        return Err(e);
+                    }
+                };
+                let meet = Meet::Device {
+                    peer: target.peer_id,
+                    key,
+                };
+                (None, Some((link, meet)))
+            }
+            (Some(url), None) => {
+                let link = SignalLink::connect(url, &ctx.config.device_name, None).await?;
                 match pairing::allocate_code(&link).await {
-                    Ok((code, nameplate)) => (code, Some((link, nameplate))),
+                    Ok((code, nameplate)) => (
+                        Some(code.clone()),
+                        Some((link, Meet::Code { nameplate, code })),
+                    ),
                     Err(e) => {
                         link.shutdown().await;
                         return Err(e);
                     }
                 }
             }
-            None => {
+            (None, None) => {
                 let mut rng = rand::thread_rng();
                 let code = ShareCode::generate(&ShareCode::random_nameplate(&mut rng), &mut rng)
                     .map_err(|e| Error::BadCode {
                         reason: e.to_string(),
                     })?;
-                (code, None)
+                (Some(code), None)
             }
         };
         Ok::<_, Error>((offer, listener, listen, lock, code, link))
@@ -146,63 +237,132 @@ pub(crate) async fn send(
         .internal
         .send(Command::Started {
             id: id.clone(),
-            cancel: cancel.clone(),
+            running: crate::node::Running::of(&ctx, cancel.clone()),
         })
         .await;
-    ctx.events.emit(Event::Code {
-        transfer: id.clone(),
-        code: code.to_string(),
-        link: code.link(),
-        listen: listen.clone(),
-    });
+    if let Some(code) = &code {
+        ctx.events.emit(Event::Code {
+            transfer: id.clone(),
+            code: code.to_string(),
+            link: code.link(),
+            listen: listen.clone(),
+        });
+    }
     let _ = reply.send(Ok(SendStarted {
         id: id.clone(),
-        code: code.to_string(),
+        code: code.as_ref().map(ToString::to_string).unwrap_or_default(),
         listen,
         skipped: offer.skipped,
     }));
     let outcome = match link {
-        None => seed(&ctx, &id, listener, Some(code), &cancel).await,
-        Some((link, nameplate)) => {
-            seed_paired(&ctx, &id, listener, link, nameplate, code, &cancel).await
+        None => {
+            // Announced on the LAN until the code's one attempt (dropped with it in `seed`).
+            let code = code.map(|c| lan::announce_code(c, &listener, &ctx.config.device_name));
+            seed(&ctx, &id, listener, None, code, &cancel).await
         }
+        Some((link, meet)) => seed_paired(&ctx, &id, listener, link, meet, &cancel).await,
     };
     drop(lock);
     ctx.finished(&id, outcome).await;
 }
 
-/// A sender paired through the signaling server: the code's PAKE runs over the relay and
-/// stores the resume secret, while the listener waits for the receiver's authenticated
-/// (resume-keyed) direct connection.
+/// How a sender meets its receiver on the signaling server.
+enum Meet {
+    /// A share code: its nameplate, and the PAKE over the relay.
+    Code {
+        nameplate: skiff_proto::signal::Nameplate,
+        code: ShareCode,
+    },
+    /// Peer-list send to the device behind `peer`: the Noise handshake of device keys.
+    Device {
+        peer: skiff_proto::signal::PeerId,
+        key: crate::device::DeviceKey,
+    },
+}
+
+/// A sender paired through the signaling server: the code's PAKE (or the device
+/// handshake) runs over the relay and stores the resume secret; the sender then waits at
+/// the transfer's rendezvous (for the WebRTC or TURN paths) while its listener takes
+/// direct TCP connections.
 async fn seed_paired(
     ctx: &Ctx,
     id: &str,
     listener: TcpListener,
     mut link: SignalLink,
-    nameplate: skiff_proto::signal::Nameplate,
-    code: ShareCode,
+    meet: Meet,
     cancel: &CancellationToken,
 ) -> Outcome {
-    let addrs = listener
-        .local_addr()
-        .map(|a| pairing::local_addrs(&a))
-        .unwrap_or_default();
+    let addrs = tcp_paths(ctx, &listener);
+    let (met_tx, met_rx) = oneshot::channel();
     let pair = async {
-        // The secret is stored before the receiver learns where to connect.
-        let keep = |secret: crate::crypto::Secret| {
-            let id2 = id.to_owned();
+        // The secret is stored, and the sender is at the rendezvous, before the receiver
+        // learns where to connect.
+        let keep = |secret: crate::crypto::Secret, peer: Option<(String, String)>| {
+            let (id2, url, name) = (id.to_owned(), link_url(ctx), ctx.config.device_name.clone());
             async move {
                 ctx.store
-                    .call(move |s| s.set_session(&id2, &secret, "direct"))
-                    .await
+                    .call(move |s| {
+                        s.set_session(&id2, &secret, "direct")?;
+                        match peer {
+                            Some((peer_name, _)) => s.set_peer_name(&id2, &peer_name),
+                            None => Ok(()),
+                        }
+                    })
+                    .await?;
+                let rv = pairing::open_rendezvous(&url, &name, &secret).await?;
+                let _ = met_tx.send((rv, secret));
+                Ok(())
             }
         };
-        let r = pairing::sender_pair(&mut link, &nameplate, &code, addrs, keep, cancel).await;
+        let r = match meet {
+            Meet::Code { nameplate, code } => {
+                pairing::sender_pair(
+                    &mut link,
+                    &nameplate,
+                    &code,
+                    addrs.clone(),
+                    |secret| keep(secret, None),
+                    cancel,
+                )
+                .await
+            }
+            Meet::Device { peer, key } => {
+                let name = ctx.config.device_name.clone();
+                pairing::device_offer(&mut link, &peer, &key, &name, addrs.clone(), |session| {
+                    let pinned = ctx.store.clone();
+                    let device = session.peer.clone();
+                    async move {
+                        let d2 = device.clone();
+                        let trusted = pinned
+                            .call(move |s| crate::device::check_pinned(&s.trusted()?, &d2))
+                            .await?;
+                        ctx.events.emit(Event::Verify {
+                            transfer: id.to_owned(),
+                            peer: device.name.clone(),
+                            device: device.id.clone(),
+                            phrase: device.phrase.clone(),
+                            trusted,
+                        });
+                        keep(session.secret, Some((device.name, device.id))).await
+                    }
+                })
+                .await
+            }
+        };
         link.shutdown().await;
         r
     };
-    let serving = seed(ctx, id, listener, None, cancel);
-    tokio::pin!(pair, serving);
+    let (conn_tx, conn_rx) = mpsc::channel(4);
+    let rendezvous = async {
+        match met_rx.await {
+            Ok((rv, secret)) => {
+                rendezvous_loop(ctx, Some(rv), secret, addrs.clone(), conn_tx, cancel).await
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    let serving = seed(ctx, id, listener, Some(conn_rx), None, cancel);
+    tokio::pin!(pair, serving, rendezvous);
     let mut paired = false;
     loop {
         tokio::select! {
@@ -211,7 +371,67 @@ async fn seed_paired(
                 Ok(()) => paired = true,
                 Err(e) => return fail(ctx, id, e).await,
             },
+            () = &mut rendezvous => {}
         }
+    }
+}
+
+fn link_url(ctx: &Ctx) -> String {
+    ctx.signal.clone().unwrap_or_default()
+}
+
+/// The direct TCP addresses a sender offers (none when `tcp_paths` is off).
+fn tcp_paths(ctx: &Ctx, listener: &TcpListener) -> Vec<String> {
+    if !ctx.config.tcp_paths {
+        return Vec::new();
+    }
+    listener
+        .local_addr()
+        .map(|a| pairing::local_addrs(&a))
+        .unwrap_or_default()
+}
+
+/// Keeps the sender at its rendezvous on `ctx.signal` until `cancel`, reopening it after
+/// the server goes away for good (a restarted server, a network change). Data connections
+/// negotiated there go to `conns`. `first` is an already open rendezvous link.
+async fn rendezvous_loop(
+    ctx: &Ctx,
+    mut first: Option<SignalLink>,
+    secret: crate::crypto::Secret,
+    addrs: Vec<String>,
+    conns: mpsc::Sender<Conn>,
+    cancel: &CancellationToken,
+) {
+    let url = link_url(ctx);
+    let mut delay = Duration::from_millis(500);
+    while !cancel.is_cancelled() {
+        let link = match first.take() {
+            Some(l) => Ok(l),
+            None => pairing::open_rendezvous(&url, &ctx.config.device_name, &secret).await,
+        };
+        match link {
+            Ok(link) => {
+                delay = Duration::from_millis(500);
+                let r = pairing::serve_rendezvous(
+                    link,
+                    secret,
+                    addrs.clone(),
+                    ctx.config.rtc.clone(),
+                    conns.clone(),
+                    cancel.clone(),
+                )
+                .await;
+                if let Err(e) = r {
+                    tracing::info!("rendezvous ended: {e}");
+                }
+            }
+            Err(e) => tracing::info!("cannot open the rendezvous: {e}"),
+        }
+        tokio::select! {
+            () = cancel.cancelled() => {}
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(10));
     }
 }
 
@@ -253,7 +473,8 @@ async fn seed(
     ctx: &Ctx,
     id: &str,
     listener: TcpListener,
-    mut code: Option<ShareCode>,
+    mut incoming: Option<mpsc::Receiver<Conn>>,
+    mut code: Option<lan::UnusedCode>,
     cancel: &CancellationToken,
 ) -> Outcome {
     let sctx = match send_ctx(ctx, id, cancel).await {
@@ -261,19 +482,25 @@ async fn seed(
         Err(e) => return fail(ctx, id, e).await,
     };
     loop {
-        let stream = tokio::select! {
+        let mut conn = tokio::select! {
             biased;
             () = cancel.cancelled() => return fail(ctx, id, Error::Cancelled).await,
             accepted = listener.accept() => match accepted {
-                Ok((s, _)) => s,
+                Ok((s, _)) => tcp::wrap(s),
                 Err(e) => {
                     tracing::warn!("accept failed: {e}");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             },
+            negotiated = async { match incoming.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => match negotiated {
+                Some(c) => c,
+                None => {
+                    incoming = None;
+                    continue;
+                }
+            },
         };
-        let mut conn = tcp::wrap(stream);
         let hello = match session::read_hello(&mut conn).await {
             Ok(h) => h,
             Err(e) => {
@@ -335,21 +562,28 @@ async fn seed(
                 }
             }
         };
-        if let Some(secret) = fresh_secret {
-            let (id2, path) = (id.to_owned(), ch.path.as_str().to_owned());
-            if let Err(e) = ctx
-                .store
-                .call(move |s| s.set_session(&id2, &secret, &path))
-                .await
-            {
-                return fail(ctx, id, e).await;
-            }
-        }
+        let (id2, path) = (id.to_owned(), ch.path.as_str().to_owned());
+        let recorded = ctx
+            .store
+            .call(move |s| {
+                // A transfer still "waiting" has never had a session: this is its first.
+                let before = s.transfer(&id2)?.map(|t| t.state).unwrap_or_default();
+                match fresh_secret {
+                    Some(secret) => s.set_session(&id2, &secret, &path)?,
+                    None => s.set_path_kind(&id2, &path)?,
+                }
+                Ok(before != "waiting")
+            })
+            .await;
+        let resumed = match recorded {
+            Ok(r) => r,
+            Err(e) => return fail(ctx, id, e).await,
+        };
         ctx.events.emit(Event::Connected {
             transfer: id.to_owned(),
             path: ch.path.as_str().to_owned(),
             remote: ch.remote.clone(),
-            resumed: fresh_secret.is_none(),
+            resumed,
         });
         let path = ch.path.as_str().to_owned();
         set_state(&ctx.store, ctx, id, "transferring", None).await;
@@ -424,6 +658,7 @@ async fn fail(ctx: &Ctx, id: &str, e: Error) -> Outcome {
         e
     };
     let state = match e {
+        Error::Interrupted if ctx.paused.is_cancelled() => "paused",
         Error::Cancelled => "cancelled",
         Error::Declined => "declined",
         _ if e.is_resumable() => "interrupted",
@@ -490,6 +725,50 @@ pub(crate) async fn receive(
 ) {
     let mut reply = Some(reply);
     let first = receive_first(&ctx, &code, &opts, &cancel, &mut reply).await;
+    receive_rest(ctx, first, opts, cancel, reply).await;
+}
+
+/// A peer-list send that `listen` accepted the device of: connect, then as [`receive`].
+pub(crate) async fn receive_device(
+    ctx: Ctx,
+    request: pairing::DeviceRequest,
+    trusted: bool,
+    opts: ReceiveOptions,
+    cancel: CancellationToken,
+) {
+    let mut reply = None;
+    let first = async {
+        let url = link_url(&ctx);
+        let ch = connect_paired(&ctx, &url, &request.secret, &request.tcp, true).await?;
+        let peer = if ch.remote.starts_with("webrtc:") || request.tcp.is_empty() {
+            "rendezvous".to_owned()
+        } else {
+            ch.remote.clone()
+        };
+        let device = Some((request.device.clone(), trusted));
+        receive_on(
+            &ctx,
+            ch,
+            request.secret,
+            peer,
+            device,
+            &opts,
+            &cancel,
+            &mut reply,
+        )
+        .await
+    }
+    .await;
+    receive_rest(ctx, first, opts, cancel, None).await;
+}
+
+async fn receive_rest(
+    ctx: Ctx,
+    first: Result<(String, bool, Result<Vec<crate::events::DoneFile>>)>,
+    opts: ReceiveOptions,
+    cancel: CancellationToken,
+    mut reply: Option<oneshot::Sender<Result<IncomingOffer>>>,
+) {
     let (id, outcome) = match first {
         Ok((id, _, Ok(files))) => {
             let o = done(&ctx, &id, files).await;
@@ -518,6 +797,79 @@ pub(crate) async fn receive(
     ctx.finished(&id, outcome).await;
 }
 
+/// `listen`: keeps this device online in its space and turns every authenticated device
+/// request into a receive (through the node, which owns those tasks).
+pub(crate) async fn listen(
+    ctx: Ctx,
+    opts: crate::node::ListenOptions,
+    cancel: CancellationToken,
+    reply: oneshot::Sender<Result<()>>,
+) {
+    let started = async {
+        let url = ctx.signal.clone().ok_or_else(|| Error::InvalidInput {
+            reason: "listening needs a signaling server".into(),
+        })?;
+        let data_dir = ctx.config.data_dir.clone();
+        let key = blocking(move || crate::device::DeviceKey::load_or_create(&data_dir)).await?;
+        let link = SignalLink::connect_as(
+            &url,
+            &key.id(),
+            &ctx.config.device_name,
+            space_name(&opts.space)?,
+        )
+        .await?;
+        Ok::<_, Error>((key, link))
+    }
+    .await;
+    let (key, link) = match started {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = reply.send(Err(e));
+            return;
+        }
+    };
+    ctx.events.emit(Event::Listening {
+        device: key.id(),
+        name: ctx.config.device_name.clone(),
+    });
+    let _ = reply.send(Ok(()));
+    let store = ctx.store.clone();
+    let check: pairing::DeviceCheck = std::sync::Arc::new(move |d| {
+        let store = store.clone();
+        Box::pin(async move {
+            store
+                .call(move |s| crate::device::check_pinned(&s.trusted()?, &d))
+                .await
+        })
+    });
+    let (tx, mut rx) = mpsc::channel(4);
+    let serving = pairing::serve_listen(
+        link,
+        key,
+        ctx.config.device_name.clone(),
+        check,
+        tx,
+        cancel.clone(),
+    );
+    tokio::pin!(serving);
+    loop {
+        tokio::select! {
+            r = &mut serving => {
+                if let Err(e) = r {
+                    ctx.events.error(None, &e);
+                }
+                return;
+            }
+            Some((request, trusted)) = rx.recv() => {
+                let _ = ctx
+                    .internal
+                    .send(Command::Incoming { request, trusted, opts: opts.receive.clone() })
+                    .await;
+            }
+        }
+    }
+}
+
 /// Receiver, direct mode: dial the sender and run the code's PAKE on that connection.
 async fn direct_channel(addr: &str, code: &ShareCode) -> Result<(Channel, crate::crypto::Secret)> {
     let conn = tokio::time::timeout(session::HANDSHAKE_TIMEOUT, tcp::dial(addr))
@@ -529,35 +881,61 @@ async fn direct_channel(addr: &str, code: &ShareCode) -> Result<(Channel, crate:
 }
 
 /// Receiver, signaling mode: the code's PAKE over the signaling relay gives the resume
-/// secret and the sender's addresses; the direct connection then authenticates with it.
+/// secret and the sender's TCP addresses; the data channel is the first of a direct TCP
+/// connection and whatever the rendezvous negotiates (WebRTC, TURN), authenticated with
+/// the secret either way.
 async fn paired_channel(
     ctx: &Ctx,
     url: &str,
     code: &ShareCode,
 ) -> Result<(Channel, crate::crypto::Secret, String)> {
-    let mut link = SignalLink::connect(url, &ctx.config.device_name).await?;
+    let mut link = SignalLink::connect(url, &ctx.config.device_name, None).await?;
     let paired = pairing::receiver_pair(&mut link, code).await;
     link.shutdown().await;
-    let (secret, addrs, _signal_channel) = paired?;
-    let mut last = Error::protocol("the sender offered no address");
-    for addr in addrs {
-        let dialed = tokio::time::timeout(Duration::from_secs(3), tcp::dial(&addr)).await;
-        let conn = match dialed {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => {
-                last = e;
-                continue;
-            }
-            Err(_) => {
-                last = Error::Timeout {
-                    what: "connecting to the sender",
-                };
-                continue;
-            }
-        };
-        return Ok((session::dial_resume(conn, &secret).await?, secret, addr));
+    let (secret, addrs, _code_channel) = paired?;
+    let ch = connect_paired(ctx, url, &secret, &addrs, true).await?;
+    let peer = if ch.remote.starts_with("webrtc:") || addrs.is_empty() {
+        "rendezvous".to_owned()
+    } else {
+        ch.remote.clone()
+    };
+    Ok((ch, secret, peer))
+}
+
+/// Receiver: a data channel to a paired sender, racing its direct TCP addresses (a LAN
+/// answers in milliseconds) against the rendezvous negotiation (WebRTC, TURN).
+async fn connect_paired(
+    ctx: &Ctx,
+    url: &str,
+    secret: &crate::crypto::Secret,
+    addrs: &[String],
+    fresh: bool,
+) -> Result<Channel> {
+    let tcp = paths::dial_tcp(addrs, secret);
+    // A fresh pairing races the addresses it was just given; a resume also tries the ones
+    // the (maybe restarted) sender offers at the rendezvous.
+    let rendezvous = pairing::dial_rendezvous(
+        url,
+        &ctx.config.device_name,
+        secret,
+        &ctx.config.rtc,
+        fresh || !ctx.config.tcp_paths,
+        pairing::RENDEZVOUS_WAIT,
+    );
+    tokio::pin!(tcp, rendezvous);
+    let mut tcp_done = addrs.is_empty() || !ctx.config.tcp_paths;
+    loop {
+        tokio::select! {
+            r = &mut tcp, if !tcp_done => match r {
+                Ok(ch) => return Ok(ch),
+                Err(e) => {
+                    tracing::info!("direct TCP to the sender failed: {e}");
+                    tcp_done = true;
+                }
+            },
+            r = &mut rendezvous => return r,
+        }
     }
-    Err(last)
 }
 
 /// The first session: code, offer, decision, layout. Errors before the transfer exists
@@ -572,13 +950,30 @@ async fn receive_first(
     let code = ShareCode::parse(code).map_err(|e| Error::BadCode {
         reason: e.to_string(),
     })?;
-    let (mut ch, secret, peer_addr) = match &ctx.signal {
+    let (ch, secret, peer_addr) = match &ctx.signal {
         Some(url) => paired_channel(ctx, url, &code).await?,
+        None if opts.connect.is_empty() => lan::dial_code(&code).await?,
         None => {
             let (ch, secret) = direct_channel(&opts.connect, &code).await?;
             (ch, secret, opts.connect.clone())
         }
     };
+    receive_on(ctx, ch, secret, peer_addr, None, opts, cancel, reply).await
+}
+
+/// The first session once a channel to the sender exists (from a code or a device
+/// request): offer, decision, layout, data.
+#[allow(clippy::too_many_arguments)]
+async fn receive_on(
+    ctx: &Ctx,
+    mut ch: Channel,
+    secret: crate::crypto::Secret,
+    peer_addr: String,
+    device: Option<(crate::device::PeerDevice, bool)>,
+    opts: &ReceiveOptions,
+    cancel: &CancellationToken,
+    reply: &mut Option<oneshot::Sender<Result<IncomingOffer>>>,
+) -> Result<(String, bool, Result<Vec<crate::events::DoneFile>>)> {
     let (id, sender, manifest) = match read_offer(&mut ch).await {
         Ok(o) => o,
         Err(e) => {
@@ -606,6 +1001,15 @@ async fn receive_first(
         total: manifest.total_bytes().unwrap_or(0),
         entries: entries.clone(),
     };
+    if let Some((d, trusted)) = &device {
+        ctx.events.emit(Event::Verify {
+            transfer: id.clone(),
+            peer: d.name.clone(),
+            device: d.id.clone(),
+            phrase: d.phrase.clone(),
+            trusted: *trusted,
+        });
+    }
     ctx.events.emit(Event::Offer {
         transfer: id.clone(),
         sender: sender.clone(),
@@ -619,7 +1023,7 @@ async fn receive_first(
         .internal
         .send(Command::Offered {
             id: id.clone(),
-            cancel: cancel.clone(),
+            running: crate::node::Running::of(ctx, cancel.clone()),
             decision: dtx,
         })
         .await;
@@ -649,6 +1053,7 @@ async fn receive_first(
     };
     // Lay out local names and record the transfer before saying yes.
     let setup = {
+        let signal_url = ctx.signal.clone();
         let (store, id, manifest, dir, peer, path, data_dir) = (
             ctx.store.clone(),
             id.clone(),
@@ -669,6 +1074,7 @@ async fn receive_first(
                 direction: Direction::Receive,
                 state: "transferring".into(),
                 peer_addr: peer,
+                signal_url,
                 resume_secret: Some(secret),
                 manifest: String::from_utf8_lossy(&manifest.encode()).into_owned(),
                 dest_dir: Some(dest.path().to_string_lossy().into_owned()),
@@ -749,6 +1155,10 @@ async fn run_session(
         remote: ch.remote.clone(),
         resumed,
     });
+    let (id2, path) = (id.to_owned(), ch.path.as_str().to_owned());
+    ctx.store
+        .call(move |s| s.set_path_kind(&id2, &path))
+        .await?;
     set_state(&ctx.store, ctx, id, "transferring", None).await;
     let rctx = RecvCtx {
         store: ctx.store.clone(),
@@ -790,12 +1200,26 @@ async fn resume_once(
     let secret = row.resume_secret.ok_or_else(|| Error::InvalidInput {
         reason: "this transfer never started".into(),
     })?;
-    let conn = tokio::time::timeout(session::HANDSHAKE_TIMEOUT, tcp::dial(&row.peer_addr))
-        .await
-        .map_err(|_| Error::Timeout {
-            what: "connecting to the sender",
-        })??;
-    let mut ch = session::dial_resume(conn, &secret).await?;
+    let mut ch = match &row.signal_url {
+        // The sender may have moved (restart, new network): meet at the rendezvous, and
+        // race the last known direct address in case the server is away.
+        Some(url) => {
+            let known: Vec<String> = row
+                .peer_addr
+                .parse::<std::net::SocketAddr>()
+                .map(|a| vec![a.to_string()])
+                .unwrap_or_default();
+            connect_paired(ctx, url, &secret, &known, false).await?
+        }
+        None => {
+            let conn = tokio::time::timeout(session::HANDSHAKE_TIMEOUT, tcp::dial(&row.peer_addr))
+                .await
+                .map_err(|_| Error::Timeout {
+                    what: "connecting to the sender",
+                })??;
+            session::dial_resume(conn, &secret).await?
+        }
+    };
     let (tid, _sender, manifest) = read_offer(&mut ch).await?;
     let stored =
         Manifest::decode(row.manifest.as_bytes()).map_err(|e| Error::protocol(e.to_string()))?;
@@ -964,7 +1388,23 @@ pub(crate) async fn resume(
             };
             let _ = reply.send(Ok(()));
             set_state(&ctx.store, &ctx, &id, "interrupted", None).await;
-            let outcome = seed(&ctx, &id, listener, None, &cancel).await;
+            let outcome = match (row.signal_url.clone(), row.resume_secret) {
+                (Some(url), Some(secret)) => {
+                    // Back at the rendezvous, so the receiver finds us from anywhere.
+                    let mut ctx = ctx.clone();
+                    ctx.signal = Some(url);
+                    let addrs = tcp_paths(&ctx, &listener);
+                    let (conn_tx, conn_rx) = mpsc::channel(4);
+                    let rendezvous = rendezvous_loop(&ctx, None, secret, addrs, conn_tx, &cancel);
+                    let serving = seed(&ctx, &id, listener, Some(conn_rx), None, &cancel);
+                    tokio::pin!(rendezvous, serving);
+                    tokio::select! {
+                        outcome = &mut serving => outcome,
+                        () = &mut rendezvous => serving.await,
+                    }
+                }
+                _ => seed(&ctx, &id, listener, None, None, &cancel).await,
+            };
             drop(lock);
             ctx.finished(&id, outcome).await;
         }

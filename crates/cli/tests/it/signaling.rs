@@ -144,3 +144,79 @@ fn unknown_code_through_signaling_server_fails_fast() {
         receiver.dump()
     );
 }
+
+#[test]
+fn a_listening_device_receives_from_send_to_and_both_show_one_phrase() {
+    let server = Server::start();
+    let t = tempdir();
+    let file = t.path().join("notes.bin");
+    let sha = write_random(&file, 3 * MIB + 1, seed("send-to"));
+    let out = t.path().join("out");
+    let out_s = out.display().to_string();
+    let listen_dir = t.path().join("l");
+    let mut listener = Proc::spawn(
+        "listener",
+        &listen_dir,
+        &["listen", "--signal", &server.url, "--dir", &out_s, "--yes"],
+        &[],
+        None,
+    );
+    let online = listener.wait_event("listening", secs(30));
+    let device = online["device"].as_str().unwrap().to_owned();
+    let f = file.display().to_string();
+    // By a prefix of its device id (the name is this machine's, shared by both sides).
+    let mut sender = Proc::spawn(
+        "sender",
+        &t.path().join("s"),
+        &["send", "--signal", &server.url, "--to", &device[..16], &f],
+        &[],
+        None,
+    );
+    sender.expect_success(secs(60));
+    let done = listener.wait_event("done", secs(30));
+    assert_eq!(done["files"][0]["sha256"], sha.as_str());
+    assert_eq!(sha256_file(&out.join("notes.bin")), sha);
+    let (v_send, v_listen) = (
+        sender.events("verify")[0].clone(),
+        listener.events("verify")[0].clone(),
+    );
+    assert_eq!(v_send["phrase"], v_listen["phrase"]);
+    assert_eq!(v_send["device"], device.as_str());
+    assert_eq!(v_send["trusted"], false);
+    // Pin it, then a stranger with another key but the same name is refused.
+    let mut trust = Proc::spawn(
+        "trust",
+        &t.path().join("s"),
+        &["trust", &device, "--signal", &server.url],
+        &[],
+        None,
+    );
+    trust.expect_success(secs(20));
+    listener.kill9();
+    let mut stranger = Proc::spawn(
+        "stranger",
+        &t.path().join("l2"),
+        &["listen", "--signal", &server.url, "--dir", &out_s, "--yes"],
+        &[],
+        None,
+    );
+    stranger.wait_event("listening", secs(30));
+    let name = v_listen["peer"].as_str().unwrap().to_owned();
+    let mut refused = Proc::spawn(
+        "refused",
+        &t.path().join("s"),
+        &["send", "--signal", &server.url, "--to", &name, &f],
+        &[],
+        None,
+    );
+    assert!(!refused.wait_exit(secs(30)).success());
+    assert!(
+        refused
+            .events("error")
+            .iter()
+            .any(|e| e["kind"] == "peer_verification_failed"),
+        "{}",
+        refused.dump()
+    );
+    stranger.kill9();
+}

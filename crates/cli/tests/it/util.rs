@@ -6,7 +6,7 @@ use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -182,12 +182,28 @@ pub struct Proc {
     pub name: String,
     pub argv: Vec<String>,
     child: Child,
+    /// Open only for [`Launch::keep_stdin`].
+    stdin: Option<ChildStdin>,
     rx: mpsc::Receiver<Value>,
     /// Every event read so far, in order.
     pub seen: Vec<Value>,
     stderr: Arc<Mutex<String>>,
     eof: bool,
     status: Option<ExitStatus>,
+}
+
+/// How a test process is started, beyond what [`Proc::spawn`] does.
+#[derive(Default, Clone, Copy)]
+pub struct Launch<'a> {
+    pub cwd: Option<&'a Path>,
+    /// Put before the `skiff` binary, e.g. `["ip", "netns", "exec", NS]` (which execs, so
+    /// the pid is still skiff's).
+    pub wrapper: &'a [&'a str],
+    /// Keep stdin open for [`Proc::write_stdin`] instead of closing it after `stdin`.
+    pub keep_stdin: bool,
+    /// Start in a new session, without a controlling terminal (so prompts read stdin,
+    /// never the terminal the tests run in).
+    pub setsid: bool,
 }
 
 /// How the receiver gets the code (never argv).
@@ -218,20 +234,56 @@ impl Proc {
         envs: &[(&str, &str)],
         stdin: Option<&str>,
     ) -> Proc {
+        let launch = Launch {
+            cwd,
+            ..Launch::default()
+        };
+        Self::launch(launch, name, data, args, envs, stdin)
+    }
+
+    /// Like [`Proc::spawn`], started as `launch` says.
+    pub fn launch(
+        launch: Launch,
+        name: &str,
+        data: &Path,
+        args: &[&str],
+        envs: &[(&str, &str)],
+        stdin: Option<&str>,
+    ) -> Proc {
+        let cwd = launch.cwd;
         let mut argv: Vec<String> = vec![
             "--data-dir".into(),
             data.display().to_string(),
             "--json".into(),
         ];
         argv.extend(args.iter().map(|s| s.to_string()));
-        let mut cmd = Command::new(BIN);
+        let mut cmd = match launch.wrapper.split_first() {
+            Some((prog, rest)) => {
+                let mut c = Command::new(prog);
+                c.args(rest).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        if launch.setsid {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setsid is async-signal-safe; nothing else runs between fork and exec.
+            unsafe {
+                cmd.pre_exec(|| {
+                    if libc::setsid() < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         cmd.args(&argv)
             .env_remove("SKIFF_CODE")
             .env_remove("SKIFF_DATA_DIR")
             .env("SKIFF_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .stdin(if stdin.is_some() {
+            .stdin(if stdin.is_some() || launch.keep_stdin {
                 Stdio::piped()
             } else {
                 Stdio::null()
@@ -243,10 +295,14 @@ impl Proc {
             cmd.current_dir(dir);
         }
         let mut child = cmd.spawn().expect("spawning skiff");
-        if let Some(text) = stdin {
-            let mut si = child.stdin.take().unwrap();
-            si.write_all(text.as_bytes()).unwrap();
-            // dropped: closed
+        let mut kept = None;
+        if let Some(mut si) = child.stdin.take() {
+            if let Some(text) = stdin {
+                si.write_all(text.as_bytes()).unwrap();
+            }
+            if launch.keep_stdin {
+                kept = Some(si);
+            } // else dropped: closed
         }
         let (tx, rx) = mpsc::channel();
         let out = child.stdout.take().unwrap();
@@ -270,18 +326,27 @@ impl Proc {
                 s.push('\n');
             }
         });
-        let mut full = vec![BIN.to_string()];
+        let mut full: Vec<String> = launch.wrapper.iter().map(|s| s.to_string()).collect();
+        full.push(BIN.to_string());
         full.extend(argv);
         Proc {
             name: name.to_owned(),
             argv: full,
             child,
+            stdin: kept,
             rx,
             seen: Vec::new(),
             stderr,
             eof: false,
             status: None,
         }
+    }
+
+    /// Writes to a stdin kept open ([`Launch::keep_stdin`]).
+    pub fn write_stdin(&mut self, text: &str) {
+        let si = self.stdin.as_mut().expect("stdin was not kept open");
+        si.write_all(text.as_bytes()).unwrap();
+        si.flush().unwrap();
     }
 
     pub fn pid(&self) -> i32 {

@@ -7,6 +7,7 @@
 pub mod mem;
 pub mod relay;
 pub mod tcp;
+pub mod turn_tcp;
 pub mod webrtc;
 
 use async_trait::async_trait;

@@ -2,6 +2,9 @@
 
 mod hostile;
 mod integrity;
+mod lan;
+mod paired;
 mod reverse;
+mod turn_tcp;
 mod util;
 mod webrtc;

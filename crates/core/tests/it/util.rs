@@ -331,13 +331,10 @@ impl Env {
 }
 
 pub async fn spawn_node(data: &Path, home: &Path) -> Node {
-    Node::spawn(Config {
-        data_dir: data.to_owned(),
-        download_dir: home.join("Downloads"),
-        device_name: "test-device".into(),
-    })
-    .await
-    .unwrap()
+    let mut config = Config::new(Some(data.to_owned()));
+    config.download_dir = home.join("Downloads");
+    config.device_name = "test-device".into();
+    Node::spawn(config).await.unwrap()
 }
 
 #[track_caller]

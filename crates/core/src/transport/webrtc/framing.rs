@@ -6,6 +6,10 @@
 //! - `START` (`0x01`) ‖ `len: u32 BE` ‖ the first bytes of the frame;
 //! - `MORE` (`0x02`) ‖ the next bytes of the frame;
 //! - `FIN` (`0x03`), alone: the sender closed its direction cleanly.
+//! - `READY` (`0x04`), alone: sent (repeatedly) once the channel opened, until the peer's
+//!   first `READY` arrives; a message that reaches a side whose channel is not open yet
+//!   can be lost, so neither side sends a frame before it has heard the other. Extra
+//!   `READY`s after that are skipped.
 //!
 //! The length comes first so that the receiver refuses a frame over `max` before it
 //! allocates anything, and then allocates exactly once.
@@ -21,6 +25,7 @@ pub const MESSAGE_SIZE: usize = 64 * 1024;
 const START: u8 = 0x01;
 const MORE: u8 = 0x02;
 const FIN: u8 = 0x03;
+const READY: u8 = 0x04;
 const START_HEADER: usize = 5;
 const MORE_HEADER: usize = 1;
 
@@ -49,6 +54,16 @@ pub fn split(frame: &[u8], msg_size: usize) -> Result<impl Iterator<Item = Bytes
 /// The message that closes a direction.
 pub fn fin() -> BytesMut {
     BytesMut::from(&[FIN][..])
+}
+
+/// The "my channel is open" message.
+pub fn ready() -> BytesMut {
+    BytesMut::from(&[READY][..])
+}
+
+/// Whether `msg` is a `READY`.
+pub fn is_ready(msg: &[u8]) -> bool {
+    msg == [READY]
 }
 
 /// What one received message completed.
@@ -117,6 +132,7 @@ impl Reassembler {
                 }
                 Ok(Step::More)
             }
+            READY if body.is_empty() && self.partial.is_none() => Ok(Step::More),
             FIN if body.is_empty() => {
                 if self.partial.is_some() {
                     return Err(Error::protocol("stream closed inside a frame"));

@@ -62,6 +62,10 @@ const FLUSH_POLL: Duration = Duration::from_millis(5);
 /// After our `FIN`, how long teardown waits for the peer to close first, so that a peer
 /// that is slow to read still gets everything.
 const LINGER: Duration = Duration::from_secs(2);
+/// How long ICE holds a working relayed pair back in favour of a direct one.
+const RELAY_ACCEPTANCE_WAIT: Duration = Duration::from_millis(750);
+/// How often `READY` is repeated until the peer's arrives.
+const READY_INTERVAL: Duration = Duration::from_millis(50);
 /// Bound on `PeerConnection::close`.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// The one channel: negotiated out of band (no DCEP round trip), id 0, reliable, ordered.
@@ -286,7 +290,7 @@ pub async fn connect(
         )
         .await
         .map_err(|e| webrtc_err("creating the data channel", e))?;
-    let (msg_tx, msg_rx) = mpsc::channel(INBOUND_QUEUE);
+    let (msg_tx, mut msg_rx) = mpsc::channel(INBOUND_QUEUE);
     tasks.spawn(poll_channel(dc.clone(), msg_tx, state_tx, stop));
 
     let negotiated = tokio::time::timeout(
@@ -303,6 +307,13 @@ pub async fn connect(
             })
         }
     }
+    // Both channels are open locally; make sure the peer's is too before any frame.
+    let remaining = timeout.saturating_sub(started.elapsed());
+    tokio::time::timeout(remaining, await_ready(&*dc, &mut msg_rx))
+        .await
+        .map_err(|_| Error::Timeout {
+            what: "waiting for the peer's WebRTC data channel to open",
+        })??;
     let setup_time = started.elapsed();
 
     let sctp = pc
@@ -379,6 +390,29 @@ pub async fn connect(
     })
 }
 
+/// Sends `READY` every [`READY_INTERVAL`] until the peer's first message, which (the
+/// channel being ordered) is its `READY`, then one more `READY`: the peer's proves its end
+/// is open, so that last one cannot be lost to a channel that is not open yet.
+async fn await_ready(dc: &dyn DataChannel, rx: &mut mpsc::Receiver<BytesMut>) -> Result<()> {
+    let mut tick = tokio::time::interval(READY_INTERVAL);
+    loop {
+        tokio::select! {
+            biased;
+            m = rx.recv() => match m {
+                Some(m) if framing::is_ready(&m) => {
+                    dc.send(framing::ready()).await.map_err(closed)?;
+                    return Ok(());
+                }
+                Some(_) => return Err(Error::protocol("WebRTC: the peer sent data before it was ready")),
+                None => return Err(Error::ConnectionClosed),
+            },
+            _ = tick.tick() => {
+                dc.send(framing::ready()).await.map_err(closed)?;
+            }
+        }
+    }
+}
+
 fn webrtc_err(what: &str, e: impl fmt::Display) -> Error {
     Error::Io {
         context: format!("WebRTC: {what}"),
@@ -437,11 +471,14 @@ async fn build(
                 MESSAGE_SIZE as u32,
             ),
         );
-    if cfg.relay_only {
-        // Nothing better than a relay can turn up: nominate the first working pair instead
-        // of waiting out ICE's 2 s relay acceptance delay.
-        settings = settings.with_relay_acceptance_min_wait(Some(Duration::ZERO));
-    }
+    settings = settings.with_relay_acceptance_min_wait(Some(if cfg.relay_only {
+        // Nothing better than a relay can turn up: nominate the first working pair.
+        Duration::ZERO
+    } else {
+        // A direct pair shows up within a few round trips or not at all: waiting ICE's
+        // default 2 s for one before taking the relay only delays the TURN case.
+        RELAY_ACCEPTANCE_WAIT
+    }));
     if let Some(w) = cfg.sctp_receive_window {
         settings = settings.with_sctp_max_receive_buffer_size(w);
     }
