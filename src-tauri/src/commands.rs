@@ -199,14 +199,12 @@ pub async fn cancel_transfer(state: State<'_, AppState>, id: String) -> CmdResul
     Ok(state.node.cancel(&id).await?)
 }
 
-/// Pausing needs `Node::pause` from the engine, which this build does not have yet.
+/// Stops a running transfer keeping its checkpoint (state `paused`; Resume continues it).
 #[tauri::command]
-pub async fn pause_transfer(_state: State<'_, AppState>, id: String) -> CmdResult<()> {
-    let _ = id;
-    Err(CommandError::new(
-        "not_available",
-        "pausing is not available in this version of the engine; Cancel stops the transfer and Resume continues it later",
-    ))
+pub async fn pause_transfer(state: State<'_, AppState>, id: String) -> CmdResult<()> {
+    state.node.pause(&id).await?;
+    state.bridge.send(UiEvent::Refresh);
+    Ok(())
 }
 
 /// Opens a folder in the file manager.
@@ -393,16 +391,12 @@ pub async fn set_peer_trust(
     state.set_trusted(&device_id, trusted).await
 }
 
-/// Sending straight to a peer needs the engine's peer-list sends, which this build lacks.
+/// Sends straight to a device in the peer list (no code; the device keys authenticate).
 #[tauri::command]
 pub async fn send_to_peer(
-    _state: State<'_, AppState>,
+    state: State<'_, AppState>,
     device_id: String,
     paths: Vec<PathBuf>,
 ) -> CmdResult<ShareDto> {
-    let _ = (device_id, paths);
-    Err(CommandError::new(
-        "not_available",
-        "sending straight to a device is not available in this version of the engine; send with a code instead",
-    ))
+    state.offer_paths_to(Some(device_id), paths).await
 }

@@ -58,6 +58,8 @@ pub struct ShareDto {
     pub skipped: Vec<(String, String)>,
     /// The signaling server the receiver must use too (`None`: direct).
     pub signal_url: Option<String>,
+    /// The device it goes to (a peer-list send, no code needed), if any.
+    pub to: Option<String>,
 }
 
 /// Result of checking a typed code.
@@ -177,6 +179,14 @@ pub enum UiEvent {
         message: Option<String>,
         resumable: bool,
     },
+    /// A peer-list send: the phrase both screens show, to compare on first contact.
+    #[serde(rename_all = "camelCase")]
+    Verify {
+        id: String,
+        peer: String,
+        phrase: String,
+        trusted: bool,
+    },
     /// Something changed that the list should fetch again (e.g. a new transfer).
     Refresh,
 }
@@ -218,6 +228,18 @@ impl UiEvent {
                 code: kind.clone(),
                 message: message.clone(),
                 resumable: *resumable,
+            },
+            Event::Verify {
+                transfer,
+                peer,
+                phrase,
+                trusted,
+                ..
+            } => UiEvent::Verify {
+                id: transfer.clone(),
+                peer: peer.clone(),
+                phrase: phrase.clone(),
+                trusted: *trusted,
             },
             Event::Code { .. } => UiEvent::Refresh,
             _ => return None,

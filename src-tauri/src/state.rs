@@ -176,6 +176,15 @@ impl AppState {
     /// The one entry point for "send these": a native drop and "Choose files/folder" both
     /// end here. Starts a send and returns its code.
     pub async fn offer_paths(&self, paths: Vec<PathBuf>) -> CmdResult<ShareDto> {
+        self.offer_paths_to(None, paths).await
+    }
+
+    /// Like [`AppState::offer_paths`], to one device of the peer list when `peer` is set.
+    pub async fn offer_paths_to(
+        &self,
+        peer: Option<String>,
+        paths: Vec<PathBuf>,
+    ) -> CmdResult<ShareDto> {
         if paths.is_empty() {
             return Err(CommandError::new("invalid_input", "nothing to send"));
         }
@@ -183,15 +192,17 @@ impl AppState {
         let items = tokio::task::spawn_blocking(move || summarise(&for_items))
             .await
             .map_err(|_| CommandError::new("io", "reading the chosen items failed"))?;
-        let started = self
-            .node
-            .send(
-                paths,
-                SendOptions {
-                    listen: "0.0.0.0:0".into(),
-                },
-            )
-            .await?;
+        let opts = SendOptions {
+            listen: "0.0.0.0:0".into(),
+        };
+        let to = peer.clone();
+        let started = match peer {
+            Some(peer) => {
+                let space = self.settings().space.clone();
+                self.node.send_to(&peer, space, paths, opts).await?
+            }
+            None => self.node.send(paths, opts).await?,
+        };
         self.watch(&started.id);
         let signal_url = self.network.lock().await.status().url;
         let link = format!("{}{}", skiff_proto::code::LINK_SCHEME, started.code);
@@ -211,6 +222,7 @@ impl AppState {
                 .map(|(p, why)| (p.display().to_string(), why))
                 .collect(),
             signal_url,
+            to,
         })
     }
 

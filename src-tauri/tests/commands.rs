@@ -133,17 +133,17 @@ fn bad_settings_are_refused_and_good_ones_apply_and_persist() {
 }
 
 #[test]
-fn pause_and_peer_sends_say_they_are_not_available() {
+fn pausing_or_sending_to_an_unknown_target_is_reported() {
     let dir = tempfile::tempdir().unwrap();
     let app = start(dir.path());
     let err = app
         .call("pause_transfer", json!({ "id": "x" }))
         .unwrap_err();
-    assert_eq!(err["code"], "not_available");
+    assert_eq!(err["code"], "unknown_transfer", "{err}");
     let err = app
         .call("send_to_peer", json!({ "deviceId": "d", "paths": [] }))
         .unwrap_err();
-    assert_eq!(err["code"], "not_available");
+    assert_eq!(err["code"], "invalid_input", "{err}");
 }
 
 #[test]

@@ -25,6 +25,8 @@ class AppStore {
   /** Names for transfers started in this session (the list itself has no file names). */
   names = $state<Record<string, string>>({});
   share = $state<Share | null>(null);
+  /** Verification phrases of peer-list sends, by transfer. */
+  phrases = $state<Record<string, { peer: string; phrase: string; trusted: boolean }>>({});
   shareError = $state<CommandError | null>(null);
   dragging = $state(0);
   notices = $state<CommandError[]>([]);
@@ -136,6 +138,9 @@ class AppStore {
       case "finished":
         if (!e.ok && e.code) this.liveOf(e.id).error = { code: e.code, message: e.message ?? "" };
         void this.refresh();
+        return;
+      case "verify":
+        this.phrases[e.id] = { peer: e.peer, phrase: e.phrase, trusted: e.trusted };
         return;
       case "refresh":
         void this.refresh();

@@ -51,6 +51,7 @@ export const sendPaths = vi.fn(
     totalBytes: paths.length * 10,
     skipped: [],
     signalUrl: "ws://127.0.0.1:1/ws",
+    to: null,
   }),
 );
 export const checkCode = vi.fn(async (text: string) => mock.codeCheck(text));

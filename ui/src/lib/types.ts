@@ -22,6 +22,7 @@ export interface Share {
   totalBytes: number;
   skipped: [string, string][];
   signalUrl: string | null;
+  to: string | null;
 }
 
 export interface CodeCheck {
@@ -69,6 +70,7 @@ export type UiEvent =
   | { type: "done"; id: string; path: string; files: number }
   | { type: "error"; id: string | null; code: string; message: string; resumable: boolean }
   | { type: "finished"; id: string; ok: boolean; code: string | null; message: string | null; resumable: boolean }
+  | { type: "verify"; id: string; peer: string; phrase: string; trusted: boolean }
   | { type: "refresh" };
 
 export interface Peer {
