@@ -49,6 +49,9 @@ for _ in $(seq 100); do xdpyinfo >/dev/null 2>&1 && break; sleep 0.1; done
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 for p in $(seq 4444 2 4600); do port_free "$p" && port_free $((p + 1)) && { PORT=$p; break; }; done
 export TAURI_DRIVER_PORT=$PORT
+# The app's built-in signaling server on a fixed port, so that a restarted app (the resume
+# test) is on the same server as the CLI sender, which reconnects to it by itself.
+for p in $(seq 47200 47300); do port_free "$p" && { export SKIFF_EMBEDDED_PORT=$p; break; }; done
 tauri-driver --port "$PORT" --native-port $((PORT + 1)) --native-driver /usr/bin/WebKitWebDriver \
   >"$E2E_OUT/tauri-driver.log" 2>&1 &
 pids+=($!)
