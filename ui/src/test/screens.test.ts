@@ -112,7 +112,7 @@ describe("Transfers", () => {
     app.transfers = [transfer({})];
     render(Transfers);
     const resume = await screen.findByRole("button", { name: "Resume (62 % done)" });
-    expect(screen.getByText(/Interrupted at 62 %/)).toBeTruthy();
+    expect(screen.getByTitle(/Interrupted at 62 %/)).toBeTruthy();
     await fireEvent.click(resume);
     expect(backend.resumeTransfer).toHaveBeenCalledWith("t1");
   });
