@@ -224,7 +224,7 @@ pub async fn open_folder(state: State<'_, AppState>, path: PathBuf) -> CmdResult
         .spawn()
         .map_err(|e| CommandError::new("io", format!("opening the file manager: {e}")))?;
     // Reaped on the app's tracker so no zombie is left.
-    let _ = state.tasks.spawn_blocking(move || child.wait());
+    drop(state.tasks.spawn_blocking(move || child.wait()));
     Ok(())
 }
 

@@ -241,7 +241,7 @@ async fn watch_presence(
                 trusted: trusted.iter().any(|t| t == p.device_id.as_str()),
             })
             .collect();
-        list.sort_by(|a, b| a.name.to_lowercase().cmp(&b.name.to_lowercase()));
+        list.sort_by_key(|p| p.name.to_lowercase());
         out.send_modify(|p| {
             p.status = status.to_owned();
             p.detail = detail;

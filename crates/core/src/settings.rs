@@ -384,8 +384,10 @@ mod tests {
 
     #[test]
     fn validate_explains_bad_input() {
-        let mut s = Settings::default();
-        s.signal_url = Some("https://signal.example.org/ws".into());
+        let mut s = Settings {
+            signal_url: Some("https://signal.example.org/ws".into()),
+            ..Default::default()
+        };
         assert!(s.validate().unwrap_err().to_string().contains("wss://"));
         s.signal_url = Some("wss://user:pw@signal.example.org/ws".into());
         assert!(s.validate().unwrap_err().to_string().contains("passwords"));
