@@ -1,0 +1,225 @@
+//! The app's commands on tauri's mock runtime, against the real engine and the app's own
+//! embedded signaling server: two app instances send a file to each other by code.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tauri::test::{get_ipc_response, mock_builder, MockRuntime, INVOKE_KEY};
+use tauri::{App, WebviewWindow, WebviewWindowBuilder};
+
+struct TestApp {
+    _app: App<MockRuntime>,
+    window: WebviewWindow<MockRuntime>,
+}
+
+fn start(data_dir: &Path) -> TestApp {
+    // The app's real context (its capabilities decide which commands the window may call).
+    let state = skiff_app::start_state(data_dir.to_owned()).expect("engine starts");
+    let app = skiff_app::build(mock_builder(), state)
+        .build(tauri::generate_context!())
+        .expect("app builds");
+    let window = WebviewWindowBuilder::new(&app, "main", Default::default())
+        .build()
+        .expect("window builds");
+    TestApp { _app: app, window }
+}
+
+impl TestApp {
+    fn call(&self, cmd: &str, args: Value) -> Result<Value, Value> {
+        get_ipc_response(
+            &self.window,
+            tauri::webview::InvokeRequest {
+                cmd: cmd.into(),
+                callback: tauri::ipc::CallbackFn(0),
+                error: tauri::ipc::CallbackFn(1),
+                url: "tauri://localhost".parse().expect("url"),
+                body: tauri::ipc::InvokeBody::Json(args),
+                headers: Default::default(),
+                invoke_key: INVOKE_KEY.to_string(),
+            },
+        )
+        .map(|b| b.deserialize::<Value>().expect("json reply"))
+    }
+
+    fn ok(&self, cmd: &str, args: Value) -> Value {
+        self.call(cmd, args)
+            .unwrap_or_else(|e| panic!("{cmd} failed: {e}"))
+    }
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let until = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < until {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[test]
+fn starts_with_the_embedded_server_and_a_settings_file_in_the_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = start(dir.path());
+    let info = app.ok("app_info", json!({}));
+    assert_eq!(info["network"]["mode"], "embedded");
+    let url = info["network"]["url"].as_str().unwrap();
+    assert!(
+        url.starts_with("ws://127.0.0.1:") && url.ends_with("/ws"),
+        "{url}"
+    );
+    assert_eq!(info["dataDir"], dir.path().display().to_string());
+    let toml = std::fs::read_to_string(dir.path().join("settings.toml")).unwrap();
+    assert!(toml.contains("device_id = \"dev-"), "{toml}");
+    // The embedded server is a real skiff-signal: Test connection passes against it.
+    let probe = app.ok("test_connection", json!({ "url": url }));
+    assert_eq!(probe["ok"], true, "{probe}");
+    assert_eq!(probe["rows"][0]["label"], "Reachable");
+}
+
+#[test]
+fn check_code_normalises_good_codes_and_explains_bad_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = start(dir.path());
+    let good = app.ok("check_code", json!({ "text": "  42 River Olive Kitten " }));
+    assert_eq!(good["valid"], true);
+    assert_eq!(good["code"], "42-river-olive-kitten");
+    let bad = app.ok("check_code", json!({ "text": "river olive kitten" }));
+    assert_eq!(bad["valid"], false);
+    assert!(bad["message"]
+        .as_str()
+        .unwrap()
+        .contains("starts with a number"));
+    let word = app.ok("check_code", json!({ "text": "42-river-olive-notaword" }));
+    assert!(word["message"].as_str().unwrap().contains("notaword"));
+}
+
+#[test]
+fn bad_settings_are_refused_and_good_ones_apply_and_persist() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = start(dir.path());
+    let mut settings = app.ok("get_settings", json!({}));
+    settings["signalUrl"] = json!("https://signal.example.org/ws");
+    let err = app
+        .call("save_settings", json!({ "settings": settings }))
+        .unwrap_err();
+    assert_eq!(err["code"], "invalid_input", "{err}");
+    assert!(!std::fs::read_to_string(dir.path().join("settings.toml"))
+        .unwrap()
+        .contains("signal_url"));
+
+    settings["signalUrl"] = json!("ws://127.0.0.1:9/ws");
+    settings["deviceName"] = json!("Ana's desktop");
+    settings["theme"] = json!("dark");
+    let info = app.ok("save_settings", json!({ "settings": settings }));
+    assert_eq!(info["network"]["mode"], "custom");
+    assert_eq!(info["network"]["url"], "ws://127.0.0.1:9/ws");
+    let saved = skiff_core::settings::Settings::load(dir.path()).unwrap();
+    assert_eq!(saved.signal_url.as_deref(), Some("ws://127.0.0.1:9/ws"));
+    assert_eq!(saved.device_name.as_deref(), Some("Ana's desktop"));
+    assert_eq!(saved.theme, skiff_core::settings::Theme::Dark);
+
+    // A refused port is named in words.
+    let probe = app.ok("test_connection", json!({ "url": "ws://127.0.0.1:9/ws" }));
+    assert_eq!(probe["ok"], false);
+    let detail = probe["rows"][0]["detail"].as_str().unwrap();
+    assert!(detail.contains("Nothing answers on port 9"), "{detail}");
+    assert!(probe["rows"][0]["technical"]
+        .as_str()
+        .unwrap()
+        .contains("refused"));
+}
+
+#[test]
+fn pausing_or_sending_to_an_unknown_target_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = start(dir.path());
+    let err = app
+        .call("pause_transfer", json!({ "id": "x" }))
+        .unwrap_err();
+    assert_eq!(err["code"], "unknown_transfer", "{err}");
+    let err = app
+        .call("send_to_peer", json!({ "deviceId": "d", "paths": [] }))
+        .unwrap_err();
+    assert_eq!(err["code"], "invalid_input", "{err}");
+}
+
+#[test]
+fn two_apps_send_a_file_by_code_through_the_commands() {
+    let (a_dir, b_dir, files, downloads) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let sender = start(a_dir.path());
+    let receiver = start(b_dir.path());
+    let name = "<img src=x onerror=alert(1)> ü.bin";
+    let file = files.path().join(name);
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&file, &data).unwrap();
+
+    // The receiver uses the sender's embedded server.
+    let url = sender.ok("app_info", json!({}))["network"]["url"].clone();
+    let mut settings = receiver.ok("get_settings", json!({}));
+    settings["signalUrl"] = url;
+    settings["downloadDir"] = json!(downloads.path().display().to_string());
+    receiver.ok("save_settings", json!({ "settings": settings }));
+
+    let share = sender.ok("send_paths", json!({ "paths": [file] }));
+    assert_eq!(share["totalFiles"], 1);
+    assert_eq!(share["totalBytes"], 3_000_000);
+    assert_eq!(share["items"][0]["name"], name);
+    let id = share["id"].as_str().unwrap().to_owned();
+    let listed = sender.ok("list_transfers", json!({}));
+    let row = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == id.as_str())
+        .unwrap();
+    assert_eq!(row["running"], true);
+    assert_eq!(row["state"], "waiting");
+
+    let offer = receiver.ok(
+        "start_receive",
+        json!({ "code": share["code"], "address": null }),
+    );
+    assert_eq!(offer["files"], 1);
+    assert_eq!(offer["total"], 3_000_000);
+    assert_eq!(offer["downloadDir"], downloads.path().display().to_string());
+    let entries = receiver.ok(
+        "offer_entries",
+        json!({ "id": offer["id"], "offset": 0, "limit": 10 }),
+    );
+    // The engine's sanitiser names the local file (no `<` or `>` on any platform).
+    let local = "_img src=x onerror=alert(1)_ ü.bin";
+    assert_eq!(entries[0]["path"], local);
+    receiver.ok(
+        "decide_offer",
+        json!({ "id": offer["id"], "accept": true, "dir": null }),
+    );
+    let got = downloads.path().join(local);
+    wait_until("the received file", || got.exists());
+    wait_until("completed on both sides", || {
+        let done = |app: &TestApp, id: &Value| {
+            app.ok("list_transfers", json!({}))
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|t| &t["id"] == id && t["state"] == "completed")
+        };
+        done(&receiver, &offer["id"]) && done(&sender, &json!(id))
+    });
+    assert_eq!(std::fs::read(&got).unwrap(), data);
+    // A decided offer is gone.
+    let err = receiver
+        .call(
+            "decide_offer",
+            json!({ "id": offer["id"], "accept": false, "dir": null }),
+        )
+        .unwrap_err();
+    assert_eq!(err["code"], "no_such_offer");
+}
