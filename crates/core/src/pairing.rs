@@ -14,7 +14,6 @@ use std::future::Future;
 use std::time::Duration;
 
 use skiff_proto::code::ShareCode;
-use skiff_proto::frame::{Plain, COUNTER_LEN};
 use skiff_proto::handshake::DialHello;
 use skiff_proto::rendezvous::SenderSignal;
 use skiff_proto::signal::{
@@ -286,21 +285,8 @@ pub async fn receiver_pair(
     let conn = relay::conn(link.client.clone(), peer.clone(), inbox);
     let work = async {
         let (mut ch, secret) = session::dial_pake(conn, code).await?;
-        let frame = tokio::time::timeout(session::HANDSHAKE_TIMEOUT, ch.rx.recv())
-            .await
-            .map_err(|_| Error::Timeout {
-                what: "waiting for the sender's paths",
-            })??
-            .ok_or(Error::ConnectionClosed)?;
-        let Plain::Control(body) =
-            Plain::parse(&frame[COUNTER_LEN..]).map_err(|e| Error::protocol(e.to_string()))?
-        else {
-            return Err(Error::protocol("file data on the signaling channel"));
-        };
-        match SenderSignal::decode(body).map_err(|e| Error::protocol(e.to_string()))? {
-            SenderSignal::Paths { tcp } => Ok((secret, tcp, ch)),
-            other => Err(Error::protocol(format!("unexpected signal {other:?}"))),
-        }
+        let tcp = paths::read_paths(&mut ch).await?;
+        Ok((secret, tcp, ch))
     };
     let result = link.routed(&peer, Some(&nameplate), &inbox_tx, work).await;
     let _ = link.client.release(nameplate).await;
@@ -608,24 +594,7 @@ async fn answer_device(
     let session = device::respond(&mut conn, key, name, &first).await?;
     let trusted = check(session.peer.clone()).await?;
     let mut ch = session::dial_resume(conn, &session.secret).await?;
-    let frame = tokio::time::timeout(session::HANDSHAKE_TIMEOUT, ch.rx.recv())
-        .await
-        .map_err(|_| Error::Timeout {
-            what: "waiting for the sending device's paths",
-        })??
-        .ok_or(Error::ConnectionClosed)?;
-    let Plain::Control(body) =
-        Plain::parse(&frame[COUNTER_LEN..]).map_err(|e| Error::protocol(e.to_string()))?
-    else {
-        return Err(Error::protocol("file data on the signaling channel"));
-    };
-    let SenderSignal::Paths { tcp } =
-        SenderSignal::decode(body).map_err(|e| Error::protocol(e.to_string()))?
-    else {
-        return Err(Error::protocol(
-            "the sending device did not offer its paths",
-        ));
-    };
+    let tcp = paths::read_paths(&mut ch).await?;
     Ok((
         DeviceRequest {
             device: session.peer,

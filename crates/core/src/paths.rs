@@ -236,16 +236,7 @@ pub async fn dial(
     rtc: &RtcConfig,
     skip_tcp: bool,
 ) -> Result<Channel> {
-    let first = tokio::time::timeout(SIGNAL_TIMEOUT, next_control(sig))
-        .await
-        .map_err(|_| Error::Timeout {
-            what: "waiting for the sender's paths",
-        })??
-        .ok_or(Error::ConnectionClosed)?;
-    let tcp = match SenderSignal::decode(&first).map_err(|e| Error::protocol(e.to_string()))? {
-        SenderSignal::Paths { tcp } => tcp,
-        _ => return Err(Error::protocol("the sender did not start with its paths")),
-    };
+    let tcp = read_paths(sig).await?;
     if !skip_tcp {
         if let Ok(ch) = dial_tcp(&tcp, secret).await {
             return Ok(ch);
@@ -253,6 +244,21 @@ pub async fn dial(
     }
     let conn = dial_rtc(sig, rtc).await?;
     session::dial_resume(conn, secret).await
+}
+
+/// Receiver: the sender's first message on a sealed signaling channel, its direct TCP
+/// addresses.
+pub async fn read_paths(sig: &mut Channel) -> Result<Vec<String>> {
+    let first = tokio::time::timeout(SIGNAL_TIMEOUT, next_control(sig))
+        .await
+        .map_err(|_| Error::Timeout {
+            what: "waiting for the sender's paths",
+        })??
+        .ok_or(Error::ConnectionClosed)?;
+    match SenderSignal::decode(&first).map_err(|e| Error::protocol(e.to_string()))? {
+        SenderSignal::Paths { tcp } => Ok(tcp),
+        _ => Err(Error::protocol("the sender did not start with its paths")),
+    }
 }
 
 /// Receiver: the first of `addrs` to accept a TCP connection within [`TCP_TIMEOUT`],
