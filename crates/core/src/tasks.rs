@@ -766,11 +766,7 @@ pub(crate) async fn receive_device(
     let first = async {
         let url = link_url(&ctx);
         let ch = connect_paired(&ctx, &url, &request.secret, &request.tcp, true).await?;
-        let peer = if ch.remote.starts_with("webrtc:") || request.tcp.is_empty() {
-            "rendezvous".to_owned()
-        } else {
-            ch.remote.clone()
-        };
+        let peer = peer_addr_of(&ch, &request.tcp);
         let device = Some((request.device.clone(), trusted));
         receive_on(
             &ctx,
@@ -920,12 +916,18 @@ async fn paired_channel(
     link.shutdown().await;
     let (secret, addrs, _code_channel) = paired?;
     let ch = connect_paired(ctx, url, &secret, &addrs, true).await?;
-    let peer = if ch.remote.starts_with("webrtc:") || addrs.is_empty() {
+    let peer = peer_addr_of(&ch, &addrs);
+    Ok((ch, secret, peer))
+}
+
+/// What a paired receiver stores as the sender's address: the direct TCP address that
+/// answered, or "rendezvous" when the data came over WebRTC/TURN (resume meets there).
+fn peer_addr_of(ch: &Channel, offered: &[String]) -> String {
+    if ch.remote.starts_with("webrtc:") || offered.is_empty() {
         "rendezvous".to_owned()
     } else {
         ch.remote.clone()
-    };
-    Ok((ch, secret, peer))
+    }
 }
 
 /// Receiver: a data channel to a paired sender, racing its direct TCP addresses (a LAN
