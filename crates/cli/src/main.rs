@@ -33,6 +33,11 @@ struct Cli {
     /// takes the WebRTC path (or the TURN relay). For labs and testing.
     #[arg(long, global = true)]
     webrtc_only: bool,
+    /// Limit each transfer's bandwidth to RATE bytes per second (e.g. `500K`, `20MB`,
+    /// `1.5GiB`; K/M/G are powers of 1000, KiB/MiB/GiB of 1024; at least 64KiB). A sender
+    /// paces what it sends, a receiver what it reads; give it to `resume` again.
+    #[arg(long, global = true, value_name = "RATE", value_parser = parse_rate)]
+    limit_rate: Option<u64>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -152,6 +157,21 @@ fn main() -> ExitCode {
     }
 }
 
+/// `--limit-rate`: a size per second, not below [`skiff_core::pace::MIN_RATE`].
+fn parse_rate(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim();
+    let t = t.strip_suffix("/s").unwrap_or(t);
+    let rate = parse_size::parse_size(t).map_err(|e| format!("{e} (try 500K, 20MB or 1.5GiB)"))?;
+    let min = skiff_core::pace::MIN_RATE;
+    if rate < min {
+        return Err(format!(
+            "{rate} bytes/s is below the lowest limit, {}KiB/s",
+            min / 1024
+        ));
+    }
+    Ok(rate)
+}
+
 async fn run(cli: Cli, out: &Output) -> Result<bool> {
     if let Cmd::Peers(args) = &cli.command {
         // No engine: listing peers must not lock the data directory.
@@ -160,6 +180,7 @@ async fn run(cli: Cli, out: &Output) -> Result<bool> {
     let mut cli = cli;
     let mut config = Config::new(cli.data_dir.clone());
     config.tcp_paths = !cli.webrtc_only;
+    config.max_rate = cli.limit_rate;
     // The settings file the desktop app writes: one source of truth for both.
     let settings = match skiff_core::settings::Settings::load(&config.data_dir) {
         Ok(s) => s,
@@ -510,5 +531,23 @@ impl Output {
             Outcome::Done { .. } => true,
             Outcome::Failed { .. } => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_rate;
+
+    #[test]
+    fn rates_parse_with_units_and_a_floor() {
+        assert_eq!(parse_rate("20MB"), Ok(20_000_000));
+        assert_eq!(parse_rate("1.5GiB"), Ok(1_610_612_736));
+        assert_eq!(parse_rate("64KiB/s"), Ok(65_536));
+        assert_eq!(parse_rate("500K"), Ok(500_000));
+        assert!(parse_rate("1K")
+            .unwrap_err()
+            .contains("below the lowest limit"));
+        assert!(parse_rate("fast").is_err());
+        assert!(parse_rate("").is_err());
     }
 }

@@ -25,6 +25,9 @@ pub struct Config {
     /// Offer and try direct TCP addresses before WebRTC (on by default; off forces the
     /// WebRTC path, for labs and tests).
     pub tcp_paths: bool,
+    /// Bandwidth limit of each transfer, in bytes per second, applied by whichever side
+    /// sets it (a sender paces what it sends, a receiver what it reads); `None`: no limit.
+    pub max_rate: Option<u64>,
 }
 
 impl Config {
@@ -36,6 +39,7 @@ impl Config {
             device_name: device_name(),
             rtc: Default::default(),
             tcp_paths: true,
+            max_rate: None,
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod fsx;
 pub mod lan;
 pub mod names;
 pub mod node;
+pub mod pace;
 pub mod pairing;
 pub mod paths;
 pub mod recv;

@@ -346,6 +346,8 @@ pub struct RecvCtx {
     pub cancel: CancellationToken,
     /// Node shutdown: disconnect without cancelling the transfer.
     pub shutdown: CancellationToken,
+    /// Bytes per second, see [`crate::Config::max_rate`].
+    pub max_rate: Option<u64>,
 }
 
 enum Work {
@@ -412,6 +414,7 @@ pub async fn run(mut ch: Channel, ctx: RecvCtx, holdings: Holdings) -> Result<Ve
         events,
         cancel,
         shutdown,
+        max_rate,
     } = ctx;
     let total = manifest.total_bytes().unwrap_or(0);
     let rows = store
@@ -464,7 +467,10 @@ pub async fn run(mut ch: Channel, ctx: RecvCtx, holdings: Holdings) -> Result<Ve
         let mut outstanding = WINDOW; // bytes the sender may still send
         let mut to_return = 0u64;
         let mut tries: HashMap<(u32, u64), u32> = HashMap::new();
+        let mut pacer = crate::pace::Pacer::new(max_rate);
         loop {
+            // Over the limit: leave frames unread (the sender runs out of window).
+            let hold = pacer.hold();
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => {
@@ -479,7 +485,9 @@ pub async fn run(mut ch: Channel, ctx: RecvCtx, holdings: Holdings) -> Result<Ve
                     Some(Report::Written { len }) => {
                         progress.add(len, &events);
                         to_return += len;
-                        if to_return >= WINDOW / 4 {
+                        // A limited receiver returns credit per chunk, so a slow rate
+                        // never leaves the sender waiting long enough to time out.
+                        if to_return >= WINDOW / 4 || (max_rate.is_some() && to_return > 0) {
                             tx.send_control(&ReceiverMsg::Credit { bytes: to_return }.encode()).await?;
                             outstanding += to_return;
                             to_return = 0;
@@ -508,12 +516,14 @@ pub async fn run(mut ch: Channel, ctx: RecvCtx, holdings: Holdings) -> Result<Ve
                     }
                     Some(Report::Failed(e)) => return Err(e),
                 },
-                frame = tokio::time::timeout(STALL_TIMEOUT, frames.recv()) => {
+                () = tokio::time::sleep_until(hold.unwrap_or_else(tokio::time::Instant::now)), if hold.is_some() => {}
+                frame = tokio::time::timeout(STALL_TIMEOUT, frames.recv()), if hold.is_none() => {
                     let frame = match frame {
                         Err(_) => return Err(Error::Timeout { what: "waiting for data from the sender" }),
                         Ok(None) => return Err(Error::ConnectionClosed),
                         Ok(Some(f)) => f?,
                     };
+                    pacer.record(frame.len() as u64);
                     match Plain::parse(&frame[COUNTER_LEN..]).map_err(|e| Error::protocol(e.to_string()))? {
                         Plain::Control(body) => match SenderMsg::decode(body).map_err(|e| Error::protocol(e.to_string()))? {
                             SenderMsg::FileEnd { file, sha256 } => {

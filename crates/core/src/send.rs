@@ -43,6 +43,8 @@ pub struct SendCtx {
     pub cancel: CancellationToken,
     /// Node shutdown: disconnect without cancelling the transfer.
     pub shutdown: CancellationToken,
+    /// Bytes per second, see [`crate::Config::max_rate`].
+    pub max_rate: Option<u64>,
 }
 
 impl SendCtx {
@@ -180,9 +182,14 @@ async fn serve_inner(
     let mut pending: Option<Out> = None;
     let mut resends: VecDeque<Out> = VecDeque::new();
     let mut resend_count: HashMap<(u32, u64), u32> = HashMap::new();
+    let mut pacer = crate::pace::Pacer::new(ctx.max_rate);
     let outcome: Result<()> = loop {
+        // Over the limit: send nothing until the pacer allows it.
+        let hold = pacer.hold();
         // Resent chunks go first, then the reader's next frame, each within credit.
-        let next = if resends.front().is_some_and(|o| o.cost <= credit) {
+        let next = if hold.is_some() {
+            None
+        } else if resends.front().is_some_and(|o| o.cost <= credit) {
             resends.pop_front()
         } else if resends.is_empty() && pending.as_ref().is_some_and(|o| o.cost <= credit) {
             pending.take()
@@ -191,15 +198,17 @@ async fn serve_inner(
         };
         if let Some(out) = next {
             credit -= out.cost;
+            pacer.record(out.frame.len() as u64);
             tx.send_frame(out.frame).await?;
             progress.add(out.cost, &ctx.events);
             continue;
         }
         // Only a receiver that owes us credit is expected to speak.
-        let waiting_for_credit = pending.is_some() || !resends.is_empty();
+        let waiting_for_credit = hold.is_none() && (pending.is_some() || !resends.is_empty());
         tokio::select! {
             biased;
             () = ctx.cancel.cancelled() => break Err(ctx.stopped()),
+            () = tokio::time::sleep_until(hold.unwrap_or_else(tokio::time::Instant::now)), if hold.is_some() => {}
             msg = next_msg_within(frames, waiting_for_credit) => match msg? {
                 ReceiverMsg::Credit { bytes } => credit = credit.saturating_add(bytes).min(1 << 30),
                 ReceiverMsg::Retry { file, index } => {

@@ -490,6 +490,7 @@ async fn send_ctx(ctx: &Ctx, id: &str, cancel: &CancellationToken) -> Result<Sen
         events: ctx.events.clone(),
         cancel: cancel.clone(),
         shutdown: ctx.shutdown.clone(),
+        max_rate: ctx.config.max_rate,
     })
 }
 
@@ -1196,6 +1197,7 @@ async fn run_session(
         events: ctx.events.clone(),
         cancel: cancel.clone(),
         shutdown: ctx.shutdown.clone(),
+        max_rate: ctx.config.max_rate,
     };
     recv::run(ch, rctx, holdings).await
 }

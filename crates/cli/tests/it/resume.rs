@@ -13,6 +13,10 @@ const KILLS: usize = 10;
 const FILE_SIZE: u64 = 512 * MIB;
 /// The receiver commits (fdatasync + checkpoint) at least every this many bytes.
 const SYNC_BYTES: u64 = 8 * MIB;
+/// The receiver's `--limit-rate` in the kill loops: slow enough that every random kill
+/// (each up to ~0.5 s into a run, ≤ 30 MB) always land before the 512 MiB end, on any
+/// machine; fast enough that each run writes several checkpoints.
+const KILL_RATE: [&str; 2] = ["--limit-rate", "48MiB"];
 
 #[test]
 fn receiver_killed_ten_times_resumes_to_identical_file() {
@@ -27,7 +31,7 @@ fn receiver_killed_ten_times_resumes_to_identical_file() {
 
     let port = free_port();
     let (mut s, code, id) = send(&s_data, port, &[&src]);
-    let mut r = receive(&r_data, port, &out, &code, CodeVia::Env);
+    let mut r = receive_with(&r_data, port, &out, &code, CodeVia::Env, &KILL_RATE);
     let mut run_start = bytes_of(&r.wait_event("progress", secs(60)));
     assert_eq!(run_start, 0);
     let mut starts = Vec::new();
@@ -51,7 +55,13 @@ fn receiver_killed_ten_times_resumes_to_identical_file() {
         let seen = r.max_progress();
         // The sender keeps serving; the receiver comes back from its checkpoint.
         let t0 = Instant::now();
-        r = resume("receiver(resumed)", &r_data, Some(&id), Some(60));
+        r = resume_with(
+            "receiver(resumed)",
+            &r_data,
+            Some(&id),
+            Some(60),
+            &KILL_RATE,
+        );
         let first = r.wait_for("the first progress after a resume", secs(60), |e| {
             ev_is(e, "progress")
         });
@@ -117,7 +127,7 @@ fn sender_killed_ten_times_resumes_to_identical_file() {
 
     let port = free_port();
     let (mut s, code, id) = send(&s_data, port, &[&src]);
-    let mut r = receive(&r_data, port, &out, &code, CodeVia::Env);
+    let mut r = receive_with(&r_data, port, &out, &code, CodeVia::Env, &KILL_RATE);
     s.wait_event("progress", secs(60));
     let mut run_start = 0;
     let mut starts = Vec::new();
@@ -140,7 +150,13 @@ fn sender_killed_ten_times_resumes_to_identical_file() {
             // The receiver gave up (it should not within 300 s): bring it back too.
             receiver_restarts += 1;
             eprintln!("receiver exited after kill #{kill}\n{}", r.dump());
-            r = resume("receiver(resumed)", &r_data, Some(&id), Some(60));
+            r = resume_with(
+                "receiver(resumed)",
+                &r_data,
+                Some(&id),
+                Some(60),
+                &KILL_RATE,
+            );
         }
         let first = s.wait_for("the first progress after a resume", secs(60), |e| {
             ev_is(e, "progress")
@@ -323,7 +339,7 @@ fn both_sides_killed_resume_to_identical_file() {
     let want = write_random(&src, 160 * MIB, rng.gen());
     let port = free_port();
     let (mut s, code, id) = send(&s_data, port, &[&src]);
-    let mut r = receive(&r_data, port, &out, &code, CodeVia::Env);
+    let mut r = receive_with(&r_data, port, &out, &code, CodeVia::Env, &KILL_RATE);
     let mut start = 0;
     for kill in 1..=3 {
         r.wait_for("data flowing", secs(60), |e| {
@@ -341,12 +357,12 @@ fn both_sides_killed_resume_to_identical_file() {
         }
         // Restart in either order: the receiver keeps dialling until the sender is back.
         if rng.gen() {
-            r = resume("receiver(resumed)", &r_data, None, Some(60));
+            r = resume_with("receiver(resumed)", &r_data, None, Some(60), &KILL_RATE);
             std::thread::sleep(Duration::from_millis(rng.gen_range(0..800)));
             s = resume("sender(resumed)", &s_data, None, None);
         } else {
             s = resume("sender(resumed)", &s_data, None, None);
-            r = resume("receiver(resumed)", &r_data, None, Some(60));
+            r = resume_with("receiver(resumed)", &r_data, None, Some(60), &KILL_RATE);
         }
         let first = r.wait_event("progress", secs(60));
         assert!(

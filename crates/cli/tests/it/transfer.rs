@@ -160,6 +160,70 @@ fn sends_a_folder_of_1000_files_with_nested_and_empty_dirs() {
     }
 }
 
+/// `--limit-rate` on either side holds the transfer to the rate. Only a lower bound on the
+/// time is asserted (a loaded machine can make it slower, never faster).
+#[test]
+fn limit_rate_paces_the_sender_or_the_receiver() {
+    let t = tempdir();
+    let src = t.path().join("paced.bin");
+    let size = 12 * MIB;
+    let want = write_random(&src, size, 0x9ace);
+    let rate = ["--limit-rate", "4MiB"];
+    for limited in ["sender", "receiver"] {
+        let (s_data, r_data) = (
+            t.path().join(format!("S-{limited}")),
+            t.path().join(format!("R-{limited}")),
+        );
+        let out = t.path().join(format!("out-{limited}"));
+        fs::create_dir_all(&out).unwrap();
+        let (s_extra, r_extra): (&[&str], &[&str]) = if limited == "sender" {
+            (&rate, &[])
+        } else {
+            (&[], &rate)
+        };
+        let port = free_port();
+        let (mut s, code, _) = send_with(&s_data, port, &[&src], s_extra);
+        let mut r = receive_with(&r_data, port, &out, &code, CodeVia::Env, r_extra);
+        r.wait_event("progress", secs(30));
+        let started = Instant::now();
+        let done = r.wait_event("done", secs(60));
+        let took = started.elapsed();
+        r.expect_success(secs(30));
+        s.wait_event("done", secs(30));
+        s.expect_success(secs(30));
+        assert_eq!(done_sha(&done, "paced.bin"), want);
+        // 12 MiB at 4 MiB/s is 3 s; allow the 100 ms burst and the receiver's window of
+        // buffered frames on the sender-limited side's first second.
+        assert!(
+            took.as_secs_f64() >= 2.4,
+            "{limited} limited to 4 MiB/s moved 12 MiB in {took:?}"
+        );
+        eprintln!("{limited} limited to 4 MiB/s: 12 MiB in {took:?}");
+    }
+}
+
+#[test]
+fn a_rate_below_the_floor_is_refused_before_anything_starts() {
+    let t = tempdir();
+    let src = t.path().join("x.bin");
+    fs::write(&src, b"x").unwrap();
+    let src_s = src.display().to_string();
+    let mut p = Proc::spawn(
+        "sender",
+        &t.path().join("S"),
+        &["send", "--limit-rate", "1K", &src_s],
+        &[],
+        None,
+    );
+    let status = p.wait_exit(secs(30));
+    assert!(!status.success());
+    assert!(
+        p.stderr().contains("below the lowest limit"),
+        "{}",
+        p.dump()
+    );
+}
+
 #[test]
 fn existing_file_is_never_overwritten() {
     let t = tempdir();

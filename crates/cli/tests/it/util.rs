@@ -568,8 +568,19 @@ impl Drop for Proc {
 /// `skiff send --direct 127.0.0.1:PORT PATHS…`, waiting for its code.
 /// Returns the process, the code and the transfer id.
 pub fn send(data: &Path, port: u16, paths: &[&Path]) -> (Proc, String, String) {
+    send_with(data, port, paths, &[])
+}
+
+/// [`send`] with more flags (e.g. `--limit-rate`).
+pub fn send_with(
+    data: &Path,
+    port: u16,
+    paths: &[&Path],
+    extra: &[&str],
+) -> (Proc, String, String) {
     let addr = format!("127.0.0.1:{port}");
     let mut args = vec!["send", "--direct", &addr];
+    args.extend_from_slice(extra);
     let ps: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
     args.extend(ps.iter().map(String::as_str));
     let mut p = Proc::spawn("sender", data, &args, &[], None);
@@ -584,9 +595,22 @@ pub fn send(data: &Path, port: u16, paths: &[&Path]) -> (Proc, String, String) {
 
 /// `skiff receive --direct 127.0.0.1:PORT --dir OUT --yes`, the code via env or stdin.
 pub fn receive(data: &Path, port: u16, out: &Path, code: &str, via: CodeVia) -> Proc {
+    receive_with(data, port, out, code, via, &[])
+}
+
+/// [`receive`] with more flags (e.g. `--limit-rate`).
+pub fn receive_with(
+    data: &Path,
+    port: u16,
+    out: &Path,
+    code: &str,
+    via: CodeVia,
+    extra: &[&str],
+) -> Proc {
     let addr = format!("127.0.0.1:{port}");
     let dir = out.display().to_string();
-    let args = ["receive", "--direct", &addr, "--dir", &dir, "--yes"];
+    let mut args = vec!["receive", "--direct", &addr, "--dir", &dir, "--yes"];
+    args.extend_from_slice(extra);
     match via {
         CodeVia::Env => Proc::spawn("receiver", data, &args, &[("SKIFF_CODE", code)], None),
         CodeVia::Stdin => Proc::spawn("receiver", data, &args, &[], Some(&format!("{code}\n"))),
@@ -595,12 +619,24 @@ pub fn receive(data: &Path, port: u16, out: &Path, code: &str, via: CodeVia) -> 
 
 /// `skiff resume [ID] [--wait SECS]`.
 pub fn resume(name: &str, data: &Path, id: Option<&str>, wait: Option<u64>) -> Proc {
+    resume_with(name, data, id, wait, &[])
+}
+
+/// [`resume`] with more flags (e.g. `--limit-rate`).
+pub fn resume_with(
+    name: &str,
+    data: &Path,
+    id: Option<&str>,
+    wait: Option<u64>,
+    extra: &[&str],
+) -> Proc {
     let mut args = vec!["resume".to_string()];
     args.extend(id.map(str::to_owned));
     if let Some(w) = wait {
         args.push("--wait".into());
         args.push(w.to_string());
     }
+    args.extend(extra.iter().map(|a| (*a).to_owned()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     Proc::spawn(name, data, &args, &[], None)
 }
