@@ -188,6 +188,8 @@ pub struct Proc {
     /// Every event read so far, in order.
     pub seen: Vec<Value>,
     stderr: Arc<Mutex<String>>,
+    /// Disconnects when the stderr reader has read everything.
+    stderr_eof: mpsc::Receiver<()>,
     eof: bool,
     status: Option<ExitStatus>,
 }
@@ -318,7 +320,9 @@ impl Proc {
         });
         let stderr = Arc::new(Mutex::new(String::new()));
         let (err, sink) = (child.stderr.take().unwrap(), stderr.clone());
+        let (stderr_done, stderr_eof) = mpsc::channel::<()>();
         std::thread::spawn(move || {
+            let _done = stderr_done;
             for line in BufReader::new(err).lines() {
                 let Ok(line) = line else { break };
                 let mut s = sink.lock().unwrap_or_else(|p| p.into_inner());
@@ -337,6 +341,7 @@ impl Proc {
             rx,
             seen: Vec::new(),
             stderr,
+            stderr_eof,
             eof: false,
             status: None,
         }
@@ -485,6 +490,8 @@ impl Proc {
         }
         loop {
             if !self.running() {
+                // All of stderr too (a grandchild holding it open gets 2 s).
+                let _ = self.stderr_eof.recv_timeout(Duration::from_secs(2));
                 return self.status.unwrap();
             }
             if Instant::now() >= deadline {
