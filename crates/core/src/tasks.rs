@@ -15,6 +15,7 @@ use skiff_proto::manifest::{Entry, Manifest};
 use skiff_proto::peer::{ReceiverMsg, SenderMsg};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::TransferLock;
@@ -494,6 +495,28 @@ async fn send_ctx(ctx: &Ctx, id: &str, cancel: &CancellationToken) -> Result<Sen
     })
 }
 
+/// Where one data connection's handshake got to (see [`seed`]).
+enum Shake {
+    /// Its hello was read; the seeder decides what it may do.
+    Hello(Conn, DialHello),
+    /// Authenticated: serve it (with the fresh resume secret after a code's PAKE).
+    Ready(Channel, Option<crate::crypto::Secret>),
+    /// The code's one PAKE attempt failed: the transfer fails.
+    CodeFailed,
+    /// Refused or broken: nothing to do.
+    Dropped,
+}
+
+async fn read_hello(mut conn: Conn) -> Shake {
+    match session::read_hello(&mut conn).await {
+        Ok(h) => Shake::Hello(conn, h),
+        Err(e) => {
+            tracing::info!("ignoring a connection from {}: {e}", conn.remote);
+            Shake::Dropped
+        }
+    }
+}
+
 /// Serves connections until the transfer completes, fails for good, or is cancelled.
 /// `code` is the unused share code; after one PAKE attempt it is gone.
 async fn seed(
@@ -508,66 +531,73 @@ async fn seed(
         Ok(c) => c,
         Err(e) => return fail(ctx, id, e).await,
     };
+    // Handshakes run side by side, so a slow or abandoned connection (say a WebRTC attempt
+    // the receiver gave up on) holds up nobody; sessions are served one at a time.
+    let mut shaking: JoinSet<Shake> = JoinSet::new();
     loop {
-        let mut conn = tokio::select! {
+        let shake = tokio::select! {
             biased;
             () = cancel.cancelled() => return fail(ctx, id, Error::Cancelled).await,
-            accepted = listener.accept() => match accepted {
-                Ok((s, _)) => tcp::wrap(s),
+            Some(done) = shaking.join_next(), if !shaking.is_empty() => match done {
+                Ok(s) => s,
                 Err(e) => {
-                    tracing::warn!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    tracing::warn!("a handshake task failed: {e}");
                     continue;
                 }
             },
-            negotiated = async { match incoming.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => match negotiated {
-                Some(c) => c,
-                None => {
-                    incoming = None;
-                    continue;
+            accepted = listener.accept() => {
+                match accepted {
+                    Ok((s, _)) => {
+                        shaking.spawn(read_hello(tcp::wrap(s)));
+                    }
+                    Err(e) => {
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
                 }
-            },
-        };
-        let hello = match session::read_hello(&mut conn).await {
-            Ok(h) => h,
-            Err(e) => {
-                tracing::info!("ignoring a connection from {}: {e}", conn.remote);
+                continue;
+            }
+            negotiated = async { match incoming.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {
+                match negotiated {
+                    Some(c) => {
+                        shaking.spawn(read_hello(c));
+                    }
+                    None => incoming = None,
+                }
                 continue;
             }
         };
-        let (ch, fresh_secret) = match hello {
-            DialHello::Pake { nameplate, msg, .. } => {
-                let Some(c) = code.as_ref().filter(|c| c.nameplate() == nameplate) else {
-                    session::refuse(
-                        &mut conn,
-                        "unknown_transfer",
-                        "no transfer is waiting for this code",
-                    )
-                    .await;
-                    continue;
-                };
-                let attempt = session::accept_pake(conn, c, &msg).await;
-                // One PAKE attempt per code, whatever its result.
-                code = None;
-                match attempt {
-                    Ok((ch, secret)) => (ch, Some(secret)),
-                    Err(e) => {
-                        return fail(
-                            ctx,
-                            id,
-                            if matches!(e, Error::CodeMismatch) {
-                                e
-                            } else {
-                                Error::CodeMismatch
-                            },
+        let (ch, fresh_secret) = match shake {
+            Shake::Hello(mut conn, DialHello::Pake { nameplate, msg, .. }) => {
+                match code.take_if(|c| c.nameplate() == nameplate) {
+                    // One PAKE attempt per code, whatever its result: it is gone now.
+                    Some(c) => shaking.spawn(async move {
+                        match session::accept_pake(conn, &c, &msg).await {
+                            Ok((ch, secret)) => Shake::Ready(ch, Some(secret)),
+                            Err(e) => {
+                                tracing::info!("the code's PAKE failed: {e}");
+                                Shake::CodeFailed
+                            }
+                        }
+                    }),
+                    None => shaking.spawn(async move {
+                        session::refuse(
+                            &mut conn,
+                            "unknown_transfer",
+                            "no transfer is waiting for this code",
                         )
-                        .await
-                    }
-                }
+                        .await;
+                        Shake::Dropped
+                    }),
+                };
+                continue;
             }
-            DialHello::Resume {
-                rendezvous, nonce, ..
-            } => {
+            Shake::Hello(
+                mut conn,
+                DialHello::Resume {
+                    rendezvous, nonce, ..
+                },
+            ) => {
                 let id2 = id.to_owned();
                 let row = match ctx.store.call(move |s| s.transfer(&id2)).await {
                     Ok(Some(r)) => r,
@@ -576,18 +606,27 @@ async fn seed(
                 let matches = row.resume_secret.filter(|s| {
                     hex_field::<32>(&rendezvous).is_ok_and(|r| crate::crypto::rendezvous(s) == r)
                 });
-                let Some(secret) = matches else {
-                    session::refuse(&mut conn, "unknown_transfer", "no such transfer here").await;
-                    continue;
+                match matches {
+                    Some(secret) => shaking.spawn(async move {
+                        match session::accept_resume(conn, &secret, &nonce).await {
+                            Ok(ch) => Shake::Ready(ch, None),
+                            Err(e) => {
+                                tracing::info!("resume handshake failed: {e}");
+                                Shake::Dropped
+                            }
+                        }
+                    }),
+                    None => shaking.spawn(async move {
+                        session::refuse(&mut conn, "unknown_transfer", "no such transfer here")
+                            .await;
+                        Shake::Dropped
+                    }),
                 };
-                match session::accept_resume(conn, &secret, &nonce).await {
-                    Ok(ch) => (ch, None),
-                    Err(e) => {
-                        tracing::info!("resume handshake failed: {e}");
-                        continue;
-                    }
-                }
+                continue;
             }
+            Shake::Ready(ch, secret) => (ch, secret),
+            Shake::CodeFailed => return fail(ctx, id, Error::CodeMismatch).await,
+            Shake::Dropped => continue,
         };
         let (id2, path) = (id.to_owned(), ch.path.as_str().to_owned());
         let recorded = ctx

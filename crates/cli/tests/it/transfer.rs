@@ -224,6 +224,37 @@ fn a_rate_below_the_floor_is_refused_before_anything_starts() {
     );
 }
 
+/// Connections that never say hello (a port scanner, an abandoned attempt) must not hold
+/// up the real receiver: handshakes run side by side. Three idle ones used to cost it 30 s
+/// (10 s handshake timeout each, in turn).
+#[test]
+fn idle_connections_do_not_hold_up_the_receiver() {
+    let t = tempdir();
+    let (s_data, r_data, out) = (t.path().join("S"), t.path().join("R"), t.path().join("out"));
+    fs::create_dir_all(&out).unwrap();
+    let src = t.path().join("x.bin");
+    let want = write_random(&src, MIB, 0x1d1e);
+    let port = free_port();
+    let (mut s, code, _) = send(&s_data, port, &[&src]);
+    let idle: Vec<_> = (0..3)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let started = Instant::now();
+    let mut r = receive(&r_data, port, &out, &code, CodeVia::Env);
+    let done = r.wait_event("done", secs(60));
+    let took = started.elapsed();
+    r.expect_success(secs(30));
+    s.wait_event("done", secs(30));
+    s.expect_success(secs(30));
+    assert_eq!(done_sha(&done, "x.bin"), want);
+    assert!(
+        took < std::time::Duration::from_secs(20),
+        "the receiver waited {took:?} behind idle connections"
+    );
+    drop(idle);
+}
+
 #[test]
 fn existing_file_is_never_overwritten() {
     let t = tempdir();
