@@ -699,7 +699,10 @@ pub(crate) async fn dial_code(code: &ShareCode) -> Result<LanCode> {
     }
 }
 
-async fn dial_sender(code: &ShareCode, addrs: Vec<SocketAddr>) -> Result<(Channel, Secret, String)> {
+async fn dial_sender(
+    code: &ShareCode,
+    addrs: Vec<SocketAddr>,
+) -> Result<(Channel, Secret, String)> {
     let mut last = Error::NotOnLan {
         nameplate: code.nameplate().to_owned(),
     };
@@ -801,7 +804,10 @@ mod tests {
     #[test]
     fn server_urls_from_record_addresses() {
         let url = |a: &str| signal_url_of(&a.parse().unwrap());
-        assert_eq!(url("10.0.0.7:47231").as_deref(), Some("ws://10.0.0.7:47231/ws"));
+        assert_eq!(
+            url("10.0.0.7:47231").as_deref(),
+            Some("ws://10.0.0.7:47231/ws")
+        );
         assert_eq!(
             url("[2001:db8::5]:47231").as_deref(),
             Some("ws://[2001:db8::5]:47231/ws")

@@ -193,7 +193,9 @@ fn devices_come_and_go_codes_are_found_and_bad_records_are_ignored() {
                 .unwrap();
             assert_eq!(
                 found,
-                CodeAt::Sender(vec![format!("{ADDR_A}:7000").parse::<SocketAddr>().unwrap()])
+                CodeAt::Sender(vec![format!("{ADDR_A}:7000")
+                    .parse::<SocketAddr>()
+                    .unwrap()])
             );
             // Two senders with one number: neither is dialed.
             let twins = lan::find_nameplate("88", Duration::from_secs(15)).await;
@@ -388,7 +390,10 @@ fn codes_and_devices_on_a_lan_signaling_server() {
                 }
             };
             // Stored: a resume meets the sender at A's server, not B's own.
-            assert_eq!(row(offer.id.clone()).await.signal_url.as_deref(), Some(&*url_a));
+            assert_eq!(
+                row(offer.id.clone()).await.signal_url.as_deref(),
+                Some(&*url_a)
+            );
 
             // A's device, and a send to it through its server, in the LAN space.
             let mut devices = lan::browse_devices().unwrap();
@@ -411,9 +416,15 @@ fn codes_and_devices_on_a_lan_signaling_server() {
                 ..Default::default()
             };
             let space = Some(lan::LAN_SPACE.to_owned());
-            let started = node.send_to(&desk.id, space, vec![src], opts).await.unwrap();
+            let started = node
+                .send_to(&desk.id, space, vec![src], opts)
+                .await
+                .unwrap();
             assert_done(&within("b's send to a's device", node.wait(&started.id)).await);
-            assert_eq!(row(started.id.clone()).await.signal_url.as_deref(), Some(&*url_a));
+            assert_eq!(
+                row(started.id.clone()).await.signal_url.as_deref(),
+                Some(&*url_a)
+            );
             // A bad per-transfer URL is refused before any network call.
             let bad = SendOptions {
                 signal: Some("http://x/ws".into()),
