@@ -680,7 +680,7 @@ impl DeviceBrowser {
 /// A code found on the LAN, ready for its PAKE.
 pub(crate) enum LanCode {
     /// Dialed the sender directly and ran the PAKE: channel, resume secret, address.
-    Direct(Channel, Secret, String),
+    Direct(Box<Channel>, Secret, String),
     /// The code lives on the signaling server at this URL: pair through it.
     Server(String),
 }
@@ -694,7 +694,7 @@ pub(crate) async fn dial_code(code: &ShareCode) -> Result<LanCode> {
         CodeAt::Server(addrs) => Ok(LanCode::Server(reachable_signal_url(&addrs).await?)),
         CodeAt::Sender(addrs) => {
             let (ch, secret, addr) = dial_sender(code, addrs).await?;
-            Ok(LanCode::Direct(ch, secret, addr))
+            Ok(LanCode::Direct(Box::new(ch), secret, addr))
         }
     }
 }

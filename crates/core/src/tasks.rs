@@ -1003,7 +1003,7 @@ async fn receive_first(
         match lan::dial_code(&code).await {
             Ok(lan::LanCode::Direct(ch, secret, addr)) => {
                 ctx.signal = None;
-                return receive_on(ctx, ch, secret, addr, None, opts, cancel, reply).await;
+                return receive_on(ctx, *ch, secret, addr, None, opts, cancel, reply).await;
             }
             Ok(lan::LanCode::Server(url)) => {
                 tracing::info!("code {} is on the LAN server {url}", code.nameplate());

@@ -405,7 +405,7 @@ fn codes_and_devices_on_a_lan_signaling_server() {
                     }
                 }
             };
-            assert_eq!(desk.signal_urls(), [url_a.clone()]);
+            assert_eq!(desk.signal_urls(), std::slice::from_ref(&url_a));
             let url = lan::reachable_signal_url(&desk.addrs).await.unwrap();
             assert_eq!(url, url_a);
             let src = rb.join("b/back.txt");
