@@ -12,8 +12,8 @@ use tauri::ipc::Channel;
 use tauri::State;
 
 use crate::dto::{
-    CheckRow, CmdResult, CodeCheck, CommandError, EntryDto, NetworkDto, OfferDto, PeersDto,
-    ProbeDto, ShareDto, TransferDto, UiEvent,
+    CheckRow, CmdResult, CodeCheck, CommandError, EntryDto, LanPeerDto, NetworkDto, OfferDto,
+    PeersDto, ProbeDto, ShareDto, TransferDto, UiEvent,
 };
 use crate::state::AppState;
 
@@ -389,6 +389,23 @@ pub async fn set_peer_trust(
     trusted: bool,
 ) -> CmdResult<()> {
     state.set_trusted(&device_id, trusted).await
+}
+
+/// Other Skiff apps on the LAN (embedded mode), each with its built-in server's address.
+#[tauri::command]
+pub async fn get_lan_peers(state: State<'_, AppState>) -> CmdResult<Vec<LanPeerDto>> {
+    Ok(state.lan_peers().await)
+}
+
+/// Sends to another Skiff app on the LAN through its built-in server (no code; the device
+/// keys authenticate, as for [`send_to_peer`]).
+#[tauri::command]
+pub async fn send_to_lan_peer(
+    state: State<'_, AppState>,
+    device_id: String,
+    paths: Vec<PathBuf>,
+) -> CmdResult<ShareDto> {
+    state.offer_paths_to_lan(&device_id, paths).await
 }
 
 /// Sends straight to a device in the peer list (no code; the device keys authenticate).

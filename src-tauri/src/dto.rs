@@ -300,6 +300,19 @@ pub struct NetworkDto {
     pub mode: String,
     pub url: Option<String>,
     pub error: Option<String>,
+    /// Not an error, but worth showing: e.g. the built-in server is not on its usual port.
+    pub note: Option<String>,
+}
+
+/// Another Skiff app on the LAN (its built-in server's address, for sending to it).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct LanPeerDto {
+    pub device_id: String,
+    /// What it calls itself, escaped for display (not authenticated).
+    pub name: String,
+    /// `ws://ADDR:PORT/ws`.
+    pub url: String,
 }
 
 /// One row of Test connection.

@@ -9,6 +9,7 @@
 pub mod bridge;
 pub mod commands;
 pub mod dto;
+pub mod lan;
 pub mod network;
 pub mod state;
 
@@ -30,6 +31,15 @@ pub struct DragHover {
 /// Starts the engine and the network side for `data_dir` (before any window exists).
 pub fn start_state(data_dir: PathBuf) -> anyhow::Result<AppState> {
     tauri::async_runtime::block_on(AppState::start(data_dir))
+}
+
+/// As [`start_state`], with the embedded server on `embedded` instead of the defaults
+/// (tests keep it on loopback, so nothing is announced on the host's network).
+pub fn start_state_with(
+    data_dir: PathBuf,
+    embedded: network::EmbeddedOptions,
+) -> anyhow::Result<AppState> {
+    tauri::async_runtime::block_on(AppState::start_with(data_dir, embedded))
 }
 
 /// The app on any runtime: plugins, commands, the started state, notifications, peer-list
@@ -59,6 +69,8 @@ pub fn build<R: Runtime>(builder: tauri::Builder<R>, state: AppState) -> tauri::
             commands::get_peers,
             commands::set_peer_trust,
             commands::send_to_peer,
+            commands::get_lan_peers,
+            commands::send_to_lan_peer,
         ])
         .setup(move |app| {
             let state = app.state::<AppState>();

@@ -1,11 +1,15 @@
 //! The app's network side: the embedded signaling server, the presence connection behind
-//! the Peers screen, and which server the Node uses.
+//! the Peers screen, LAN discovery of other apps, and which server the Node uses.
 //!
-//! Owns: starting/stopping the in-process `skiff-signal` (127.0.0.1, a free port), one
-//! `SignalClient` for presence, and applying the signaling part of the settings live.
+//! Owns: starting/stopping the in-process `skiff-signal` (on `0.0.0.0`, port
+//! [`EMBEDDED_PORT`] or a free one when that is taken; the app itself uses it over
+//! `127.0.0.1`), the [`crate::lan`] task while the embedded server is reachable from the
+//! LAN, one `SignalClient` for presence, and applying the signaling part of the settings
+//! live.
 //! Must not: keep a task that is not on the app's `TaskTracker` with a child token.
 
 use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use skiff_core::settings::Settings;
@@ -17,11 +21,83 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::dto::{NetworkDto, PeerDto, PeersDto};
+use crate::lan::{Lan, LanPeer};
+
+/// The embedded server's port when it is free (`SKIFF_EMBEDDED_PORT` overrides it): a
+/// fixed port, so other machines (and this app after a restart, for a stored transfer's
+/// `signal_url`) find the server at the same address.
+pub const EMBEDDED_PORT: u16 = 47231;
+
+/// Where the embedded server listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EmbeddedOptions {
+    /// `0.0.0.0` (reachable from the LAN, announced over mDNS); a loopback address keeps
+    /// the server, and LAN discovery, on this machine (`SKIFF_EMBEDDED_HOST`).
+    pub host: IpAddr,
+    /// The port tried first; when it is taken a free one is used, and the network status
+    /// says so.
+    pub port: u16,
+}
+
+impl Default for EmbeddedOptions {
+    fn default() -> Self {
+        Self {
+            host: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            port: EMBEDDED_PORT,
+        }
+    }
+}
+
+impl EmbeddedOptions {
+    /// The defaults, with `SKIFF_EMBEDDED_PORT` and `SKIFF_EMBEDDED_HOST` applied (bad
+    /// values are ignored).
+    pub fn from_env() -> Self {
+        let mut o = Self::default();
+        if let Some(port) = std::env::var("SKIFF_EMBEDDED_PORT")
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
+        {
+            o.port = port;
+        }
+        if let Some(host) = std::env::var("SKIFF_EMBEDDED_HOST")
+            .ok()
+            .and_then(|h| h.trim().parse().ok())
+        {
+            o.host = host;
+        }
+        o
+    }
+}
+
+/// Binds the embedded server's listener: `host:port`, else `host` on a free port with a
+/// note for the network status (the reason the fixed port could not be used).
+pub async fn bind_embedded(
+    opts: EmbeddedOptions,
+) -> std::io::Result<(tokio::net::TcpListener, Option<String>)> {
+    match tokio::net::TcpListener::bind((opts.host, opts.port)).await {
+        Ok(l) => Ok((l, None)),
+        Err(e) if opts.port != 0 => {
+            let l = tokio::net::TcpListener::bind((opts.host, 0)).await?;
+            let port = l.local_addr()?.port();
+            let note = format!(
+                "port {} is not available ({e}), so the built-in server uses port {port}                  this time: other Skiff apps on the LAN still find it, but transfers                  stored with the usual port cannot resume until it is free again",
+                opts.port
+            );
+            tracing::warn!("{note}");
+            Ok((l, Some(note)))
+        }
+        Err(e) => Err(e),
+    }
+}
 
 /// A running embedded server.
 struct Embedded {
     url: String,
     stop: CancellationToken,
+    /// What it is bound to (e.g. `0.0.0.0:47231`).
+    bound: SocketAddr,
+    /// Why it is not on the port asked for.
+    note: Option<String>,
 }
 
 /// A running presence connection.
@@ -40,6 +116,10 @@ pub struct Network {
     status: NetworkDto,
     /// The latest peer list, for the UI (`peers-changed` events carry it too).
     pub peers: watch::Sender<PeersDto>,
+    embedded_opts: EmbeddedOptions,
+    lan: Option<Lan>,
+    /// Other Skiff apps on the LAN (empty unless the embedded server runs on the LAN).
+    pub lan_peers: watch::Sender<Vec<LanPeer>>,
 }
 
 impl Network {
@@ -53,6 +133,7 @@ impl Network {
                 mode: "direct".into(),
                 url: None,
                 error: None,
+                note: None,
             },
             peers: watch::channel(PeersDto {
                 status: "offline".into(),
@@ -62,11 +143,66 @@ impl Network {
                 peers: Vec::new(),
             })
             .0,
+            embedded_opts: EmbeddedOptions::from_env(),
+            lan: None,
+            lan_peers: watch::channel(Vec::new()).0,
         }
+    }
+
+    /// Where the embedded server is to listen (instead of [`EmbeddedOptions::from_env`]).
+    pub fn with_embedded(mut self, opts: EmbeddedOptions) -> Self {
+        self.embedded_opts = opts;
+        self
     }
 
     pub fn status(&self) -> NetworkDto {
         self.status.clone()
+    }
+
+    /// Where the running embedded server listens for the LAN, if it does (for announcing
+    /// a code's nameplate: `SendOptions::announce_server`).
+    pub fn lan_server(&self) -> Option<SocketAddr> {
+        self.embedded
+            .as_ref()
+            .map(|e| e.bound)
+            .filter(skiff_core::lan::advertisable)
+    }
+
+    /// Starts, restarts or stops LAN discovery: on while the embedded server is in use
+    /// and reachable from the LAN.
+    async fn lan_for(&mut self, settings: &Settings, node: &Node) {
+        let want = match self.lan_server() {
+            Some(server) if self.status.mode == "embedded" => match node.device_id().await {
+                Ok(device_id) => Some(crate::lan::Me {
+                    device_id,
+                    name: settings.effective_device_name(),
+                    server,
+                }),
+                Err(e) => {
+                    tracing::warn!("no LAN discovery: {e}");
+                    None
+                }
+            },
+            _ => None,
+        };
+        if self.lan.as_ref().map(Lan::me) == want.as_ref() {
+            return;
+        }
+        self.stop_lan();
+        if let Some(me) = want {
+            self.lan = Some(Lan::start(
+                &self.tasks,
+                &self.root,
+                me,
+                self.lan_peers.clone(),
+            ));
+        }
+    }
+
+    fn stop_lan(&mut self) {
+        if let Some(l) = self.lan.take() {
+            l.stop();
+        }
     }
 
     /// Applies `settings`: starts or stops the embedded server, points the node at the
@@ -98,7 +234,9 @@ impl Network {
             mode: mode.into(),
             url,
             error,
+            note: self.embedded.as_ref().and_then(|e| e.note.clone()),
         };
+        self.lan_for(settings, node).await;
         self.status.clone()
     }
 
@@ -106,12 +244,15 @@ impl Network {
         if let Some(e) = &self.embedded {
             return Ok(e.url.clone());
         }
-        let port: u16 = std::env::var("SKIFF_EMBEDDED_PORT")
-            .ok()
-            .and_then(|p| p.parse().ok())
-            .unwrap_or(0);
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
-        let url = format!("ws://{}/ws", listener.local_addr()?);
+        let (listener, note) = bind_embedded(self.embedded_opts).await?;
+        let bound = listener.local_addr()?;
+        // The app itself talks to it over loopback (its own address when bound to one).
+        let me = if bound.ip().is_unspecified() {
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), bound.port())
+        } else {
+            bound
+        };
+        let url = format!("ws://{me}/ws");
         let stop = self.root.child_token();
         let shutdown = stop.clone().cancelled_owned();
         self.tasks.spawn(async move {
@@ -122,11 +263,14 @@ impl Network {
         self.embedded = Some(Embedded {
             url: url.clone(),
             stop,
+            bound,
+            note,
         });
         Ok(url)
     }
 
     fn stop_embedded(&mut self) {
+        self.stop_lan();
         if let Some(e) = self.embedded.take() {
             e.stop.cancel();
         }
@@ -210,14 +354,19 @@ impl Network {
     }
 }
 
-/// The built-in server's limits: the production defaults, except the per-address ones.
-/// It listens on 127.0.0.1 only, so every client (this app, the CLI, probes) shares one
-/// address and a per-address rate would throttle the user's own tools.
-fn embedded_config() -> skiff_signal::Config {
+/// The built-in server's limits: the production defaults (message size and rate, flood
+/// close, nameplate lifetime, failed claims per address: a guesser on the LAN is one
+/// address), except:
+/// - the per-address socket and connection rates: this app, the user's CLI and probes all
+///   come from 127.0.0.1, and a per-address rate would throttle the user's own tools;
+/// - the server-wide connection cap: it is reachable from the LAN, where a household's
+///   devices need a few sockets each, not the public server's ten thousand.
+pub fn embedded_config() -> skiff_signal::Config {
     let mut config = skiff_signal::Config::default();
     config.limits.max_sockets_per_ip = 256;
     config.limits.new_connections_per_min = 600.0;
     config.limits.new_connection_burst = 100.0;
+    config.limits.max_connections = 1024;
     config
 }
 

@@ -19,10 +19,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::bridge::Bridge;
 use crate::dto::{
-    CmdResult, CommandError, EntryDto, ItemDto, NetworkDto, OfferDto, ShareDto, TransferDto,
-    UiEvent,
+    CmdResult, CommandError, EntryDto, ItemDto, LanPeerDto, NetworkDto, OfferDto, ShareDto,
+    TransferDto, UiEvent,
 };
-use crate::network::Network;
+use crate::lan::LanPeer;
+use crate::network::{EmbeddedOptions, Network};
 
 /// How long a receiver keeps reconnecting after the connection drops.
 pub const RECONNECT_FOR: Duration = Duration::from_secs(300);
@@ -55,6 +56,11 @@ pub fn data_dir_from_env() -> PathBuf {
 impl AppState {
     /// Loads the settings, starts the engine and the network side.
     pub async fn start(data_dir: PathBuf) -> anyhow::Result<Self> {
+        Self::start_with(data_dir, EmbeddedOptions::from_env()).await
+    }
+
+    /// As [`AppState::start`], with the embedded server on `embedded`.
+    pub async fn start_with(data_dir: PathBuf, embedded: EmbeddedOptions) -> anyhow::Result<Self> {
         use anyhow::Context;
         skiff_core::config::ensure_private_dir(&data_dir).context("creating the data folder")?;
         let mut notices = Vec::new();
@@ -75,10 +81,13 @@ impl AppState {
         let tasks = TaskTracker::new();
         let bridge = Bridge::default();
         tasks.spawn(bridge.clone().run(node.events(), cancel.child_token()));
-        let mut network = Network::new(tasks.clone(), cancel.clone());
+        let mut network = Network::new(tasks.clone(), cancel.clone()).with_embedded(embedded);
         let status = network.apply(&settings, &node).await;
         if let Some(e) = status.error {
             notices.push(CommandError::new("signal", e));
+        }
+        if let Some(n) = status.note {
+            notices.push(CommandError::new("embedded_port", n));
         }
         Ok(Self {
             node,
@@ -194,6 +203,9 @@ impl AppState {
             .map_err(|_| CommandError::new("io", "reading the chosen items failed"))?;
         let opts = SendOptions {
             listen: "0.0.0.0:0".into(),
+            // Embedded mode: the code's nameplate is announced on the LAN (`snp=`).
+            announce_server: self.network.lock().await.lan_server(),
+            ..Default::default()
         };
         let to = peer.clone();
         let started = match peer {
@@ -226,6 +238,80 @@ impl AppState {
         })
     }
 
+    /// Other Skiff apps on the LAN (empty unless the embedded server runs on the LAN).
+    pub async fn lan_peers(&self) -> Vec<LanPeerDto> {
+        let peers = self.network.lock().await.lan_peers.borrow().clone();
+        peers
+            .into_iter()
+            .filter_map(|p| {
+                Some(LanPeerDto {
+                    url: p.url()?,
+                    device_id: p.device_id,
+                    name: p.name,
+                })
+            })
+            .collect()
+    }
+
+    /// Sends `paths` to the app `device_id` found on the LAN: through its embedded server
+    /// (the first of its addresses that answers), in [`skiff_core::lan::LAN_SPACE`], where
+    /// a listening app is online. The transfer stores that server's URL, so a resume
+    /// meets there again.
+    pub async fn offer_paths_to_lan(
+        &self,
+        device_id: &str,
+        paths: Vec<PathBuf>,
+    ) -> CmdResult<ShareDto> {
+        if paths.is_empty() {
+            return Err(CommandError::new("invalid_input", "nothing to send"));
+        }
+        let peer: Option<LanPeer> = {
+            let net = self.network.lock().await;
+            let list = net.lan_peers.borrow();
+            list.iter().find(|p| p.device_id == device_id).cloned()
+        };
+        let peer = peer.ok_or_else(|| {
+            CommandError::new(
+                "invalid_input",
+                "that device is no longer seen on this network",
+            )
+        })?;
+        let url = skiff_core::lan::reachable_signal_url(&peer.addrs).await?;
+        let for_items = paths.clone();
+        let items = tokio::task::spawn_blocking(move || summarise(&for_items))
+            .await
+            .map_err(|_| CommandError::new("io", "reading the chosen items failed"))?;
+        let opts = SendOptions {
+            listen: "0.0.0.0:0".into(),
+            signal: Some(url.clone()),
+            ..Default::default()
+        };
+        let space = Some(skiff_core::lan::LAN_SPACE.to_owned());
+        let started = self
+            .node
+            .send_to(&peer.device_id, space, paths, opts)
+            .await?;
+        self.watch(&started.id);
+        let total_files = items.iter().map(|i| i.files).sum();
+        let total_bytes = items.iter().map(|i| i.bytes).sum();
+        self.bridge.send(UiEvent::Refresh);
+        Ok(ShareDto {
+            id: started.id,
+            code: started.code,
+            link: String::new(),
+            items,
+            total_files,
+            total_bytes,
+            skipped: started
+                .skipped
+                .into_iter()
+                .map(|(p, why)| (p.display().to_string(), why))
+                .collect(),
+            signal_url: Some(url),
+            to: Some(peer.name),
+        })
+    }
+
     /// Connects with a code and returns the offer for the user to decide on.
     pub async fn start_receive(&self, code: &str, address: Option<String>) -> CmdResult<OfferDto> {
         let parsed = skiff_proto::code::ShareCode::parse(code)
@@ -249,6 +335,9 @@ impl AppState {
             dir: Some(self.settings().effective_download_dir()),
             auto_accept: false,
             reconnect_for: RECONNECT_FOR,
+            // Embedded mode on the LAN: the code may live on another app's server there.
+            find_on_lan: self.network.lock().await.lan_server().is_some(),
+            ..Default::default()
         };
         let offer = self.node.receive(&parsed.to_string(), opts).await?;
         let dto = offer_dto(&offer, &self.settings().effective_download_dir());

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use skiff_app::network::EmbeddedOptions;
 use tauri::test::{get_ipc_response, mock_builder, MockRuntime, INVOKE_KEY};
 use tauri::{App, WebviewWindow, WebviewWindowBuilder};
 
@@ -13,9 +14,22 @@ struct TestApp {
     window: WebviewWindow<MockRuntime>,
 }
 
+/// The embedded server on loopback (its fixed port, or a free one when taken): tests never
+/// announce anything over mDNS on the host's network.
+fn loopback(port: u16) -> EmbeddedOptions {
+    EmbeddedOptions {
+        host: std::net::Ipv4Addr::LOCALHOST.into(),
+        port,
+    }
+}
+
 fn start(data_dir: &Path) -> TestApp {
+    start_on(data_dir, loopback(skiff_app::network::EMBEDDED_PORT))
+}
+
+fn start_on(data_dir: &Path, embedded: EmbeddedOptions) -> TestApp {
     // The app's real context (its capabilities decide which commands the window may call).
-    let state = skiff_app::start_state(data_dir.to_owned()).expect("engine starts");
+    let state = skiff_app::start_state_with(data_dir.to_owned(), embedded).expect("engine starts");
     let app = skiff_app::build(mock_builder(), state)
         .build(tauri::generate_context!())
         .expect("app builds");
@@ -77,6 +91,63 @@ fn starts_with_the_embedded_server_and_a_settings_file_in_the_data_dir() {
     let probe = app.ok("test_connection", json!({ "url": url }));
     assert_eq!(probe["ok"], true, "{probe}");
     assert_eq!(probe["rows"][0]["label"], "Reachable");
+}
+
+#[test]
+fn the_embedded_server_takes_its_fixed_port_and_falls_back_when_it_is_taken() {
+    // The defaults: every interface (the LAN), port 47231; limits the server accepts.
+    assert_eq!(skiff_app::network::EMBEDDED_PORT, 47231);
+    let d = EmbeddedOptions::default();
+    assert!(d.host.is_unspecified() && d.port == 47231, "{d:?}");
+    skiff_app::network::embedded_config().validate().unwrap();
+
+    // A free port stands in for 47231 (which another test, or app, may hold).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let first = start_on(d1.path(), loopback(port));
+    let info = first.ok("app_info", json!({}));
+    assert_eq!(info["network"]["mode"], "embedded");
+    assert_eq!(info["network"]["url"], format!("ws://127.0.0.1:{port}/ws"));
+    assert_eq!(info["network"]["note"], Value::Null, "{info}");
+    // On loopback there is no LAN to find other apps on.
+    assert_eq!(first.ok("get_lan_peers", json!({})), json!([]));
+
+    // A second app: the port is taken, so a free one, and the status says why.
+    let second = start_on(d2.path(), loopback(port));
+    let info = second.ok("app_info", json!({}));
+    assert_eq!(info["network"]["mode"], "embedded");
+    let url = info["network"]["url"].as_str().unwrap().to_owned();
+    assert!(
+        url.starts_with("ws://127.0.0.1:") && url != format!("ws://127.0.0.1:{port}/ws"),
+        "{url}"
+    );
+    let note = info["network"]["note"].as_str().unwrap_or_default();
+    assert!(
+        note.contains(&format!("port {port} is not available")),
+        "{info}"
+    );
+    let notices = info["notices"].as_array().unwrap();
+    assert!(
+        notices.iter().any(|n| n["code"] == "embedded_port"),
+        "{notices:?}"
+    );
+    // Both servers are real and serve.
+    for u in [format!("ws://127.0.0.1:{port}/ws"), url] {
+        let probe = second.ok("test_connection", json!({ "url": u }));
+        assert_eq!(probe["ok"], true, "{probe}");
+    }
+    // Sending to an app that is not on the LAN list is refused in words.
+    let err = second
+        .call(
+            "send_to_lan_peer",
+            json!({ "deviceId": "nobody", "paths": [d2.path().join("x")] }),
+        )
+        .unwrap_err();
+    assert_eq!(err["code"], "invalid_input", "{err}");
 }
 
 #[test]

@@ -52,6 +52,8 @@ export TAURI_DRIVER_PORT=$PORT
 # The app's built-in signaling server on a fixed port, so that a restarted app (the resume
 # test) is on the same server as the CLI sender, which reconnects to it by itself.
 for p in $(seq 47200 47300); do port_free "$p" && { export SKIFF_EMBEDDED_PORT=$p; break; }; done
+# On loopback only: nothing is announced over mDNS on this machine's real network.
+export SKIFF_EMBEDDED_HOST=127.0.0.1
 tauri-driver --port "$PORT" --native-port $((PORT + 1)) --native-driver /usr/bin/WebKitWebDriver \
   >"$E2E_OUT/tauri-driver.log" 2>&1 &
 pids+=($!)

@@ -99,7 +99,8 @@ enum Cmd {
     /// Receive with a code (prompted for, or read from SKIFF_CODE, if not given).
     Receive {
         /// The sender's address (direct connection). Without it and without --signal, the
-        /// sender is found on the LAN (mDNS).
+        /// code is found on the LAN (mDNS): its sender, or the Skiff app whose built-in
+        /// signaling server holds it.
         #[arg(long, value_name = "ADDR", conflicts_with = "signal")]
         direct: Option<String>,
         /// Meet the sender through this signaling server (the one the sender used).
@@ -238,7 +239,10 @@ async fn command(cmd: Cmd, node: &Node, config: &Config, out: &Output) -> Result
             paths,
         } => {
             node.set_signal_url(signal.clone()).await?;
-            let opts = SendOptions { listen: direct };
+            let opts = SendOptions {
+                listen: direct,
+                ..Default::default()
+            };
             let started = match &to {
                 Some(peer) => node.send_to(peer, space, paths, opts).await,
                 None => node.send(paths, opts).await,
@@ -283,6 +287,7 @@ async fn command(cmd: Cmd, node: &Node, config: &Config, out: &Output) -> Result
                 dir: dir.clone(),
                 auto_accept: yes,
                 reconnect_for: Duration::from_secs(300),
+                ..Default::default()
             };
             let offer = match node.receive(&code, opts).await {
                 Ok(o) => o,
@@ -367,6 +372,7 @@ async fn listen(
         dir: dir.clone(),
         auto_accept: yes,
         reconnect_for: Duration::from_secs(300),
+        ..Default::default()
     };
     node.listen(skiff_core::ListenOptions { space, receive })
         .await

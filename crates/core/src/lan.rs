@@ -1,11 +1,22 @@
 //! LAN discovery over mDNS / DNS-SD: `_skiff._tcp.local.` records that announce a waiting
 //! code's nameplate (so `skiff receive CODE` finds its sender with no address and no
-//! server) and a device's presence (the app's list of LAN devices).
+//! server), a code whose nameplate lives on a LAN signaling server (the app's embedded
+//! one), and a device's presence with its signaling server (the app's list of LAN apps).
+//!
+//! Record kinds (TXT `v=1`, `name=`, and exactly one of):
+//! - `np=<nameplate>`: a sender waiting for a direct TCP connection at the record's
+//!   addresses and port (the CLI's `skiff send` without a server);
+//! - `snp=<nameplate>`: the nameplate was allocated on the signaling server at the
+//!   record's addresses and port (`ws://ADDR:PORT/ws`); the receiver runs the code's PAKE
+//!   through that server. Readers of the `np`-only layout see neither `np` nor `id` and
+//!   ignore it, so they never dial a server as if it were a sender;
+//! - `id=<device id>`: a device that is online; the record's port is its signaling
+//!   server's (`ws://ADDR:PORT/ws`), where it is present in [`LAN_SPACE`].
 //!
 //! Owns: the mDNS daemons (`mdns-sd`, one per advert or browse, each on its own thread and
-//! shut down when its handle is dropped), the TXT layout (`v=1`, `np=` or `id=`, `name=`),
-//! the validation of every record read from the network (sizes, fields, addresses), and
-//! finding and dialing the sender of a code.
+//! shut down when its handle is dropped), the TXT layout above, the validation of every
+//! record read from the network (sizes, fields, addresses), and finding and dialing the
+//! sender (or the server) of a code.
 //! Must not: put any word of a code (or anything secret) in a record, trust a name, an
 //! address or a field from the network before it is validated, keep an unbounded number of
 //! records, block the async runtime, or run the code's PAKE itself (that is `session`).
@@ -30,6 +41,14 @@ use crate::{Error, Result};
 pub const SERVICE_TYPE: &str = "_skiff._tcp.local.";
 /// The TXT `v=` this build writes and reads (records of other versions are ignored).
 pub const TXT_VERSION: &str = "1";
+/// The presence space of devices on a LAN signaling server (the app's embedded server):
+/// its clients come from different LAN addresses (and the server's own app from
+/// loopback), so the default space ("behind the same public address") would split them.
+/// Devices advertised with [`LanAdvert::device`] are online there, and a sender to a
+/// device found by [`browse_devices`] joins it.
+pub const LAN_SPACE: &str = "skiff-lan";
+/// The WebSocket path of a signaling server announced on the LAN.
+pub const SIGNAL_PATH: &str = "/ws";
 /// Longest device name put in or accepted from a record, in bytes.
 pub const MAX_NAME_BYTES: usize = 63;
 /// Longest device id, in bytes (`[A-Za-z0-9_-]`).
@@ -96,8 +115,11 @@ impl Drop for Daemon {
 /// A validated Skiff record from the network.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record {
-    /// A sender waiting with a code whose public number is `nameplate`.
+    /// A sender waiting with a code whose public number is `nameplate` (`np=`).
     Transfer { nameplate: String, name: String },
+    /// A code whose nameplate lives on the signaling server at the record's address
+    /// (`snp=`).
+    ServerTransfer { nameplate: String, name: String },
     /// A device that is online (the app's peer list).
     Device { id: String, name: String },
 }
@@ -135,7 +157,7 @@ fn clamp_name(name: &str) -> String {
 pub fn parse_txt<'a>(
     props: impl IntoIterator<Item = (&'a str, Option<&'a [u8]>)>,
 ) -> Result<Record, Invalid> {
-    let (mut v, mut np, mut id, mut name) = (None, None, None, None);
+    let (mut v, mut np, mut snp, mut id, mut name) = (None, None, None, None, None);
     let (mut keys, mut bytes) = (0usize, 0usize);
     for (key, val) in props {
         keys += 1;
@@ -149,6 +171,7 @@ pub fn parse_txt<'a>(
         let slot = match key.to_ascii_lowercase().as_str() {
             "v" => &mut v,
             "np" => &mut np,
+            "snp" => &mut snp,
             "id" => &mut id,
             "name" => &mut name,
             _ => continue, // unknown keys: ignored (newer builds may add some)
@@ -168,19 +191,24 @@ pub fn parse_txt<'a>(
         return Err(Invalid("bad name"));
     }
     let name = display_escape(name);
-    match (np, id) {
-        (Some(np), None) if valid_nameplate(np) => Ok(Record::Transfer {
+    match (np, snp, id) {
+        (Some(np), None, None) if valid_nameplate(np) => Ok(Record::Transfer {
             nameplate: np.to_owned(),
             name,
         }),
-        (None, Some(id)) if valid_id(id) => Ok(Record::Device {
+        (None, Some(np), None) if valid_nameplate(np) => Ok(Record::ServerTransfer {
+            nameplate: np.to_owned(),
+            name,
+        }),
+        (None, None, Some(id)) if valid_id(id) => Ok(Record::Device {
             id: id.to_owned(),
             name,
         }),
-        (Some(_), None) => Err(Invalid("bad nameplate")),
-        (None, Some(_)) => Err(Invalid("bad device id")),
-        (Some(_), Some(_)) => Err(Invalid("both a nameplate and a device id")),
-        (None, None) => Err(Invalid("neither a nameplate nor a device id")),
+        (Some(_), None, None) | (None, Some(_), None) => Err(Invalid("bad nameplate")),
+        (None, None, Some(_)) => Err(Invalid("bad device id")),
+        (Some(_), Some(_), _) => Err(Invalid("both a direct and a server nameplate")),
+        (_, _, Some(_)) => Err(Invalid("both a nameplate and a device id")),
+        (None, None, None) => Err(Invalid("neither a nameplate nor a device id")),
     }
 }
 
@@ -279,8 +307,26 @@ impl LanAdvert {
         Self::start(listen, &[("np", nameplate)], device_name)
     }
 
+    /// Announces a code whose nameplate `nameplate` was allocated on the signaling server
+    /// listening on `server` (e.g. the app's embedded server on `0.0.0.0:47231`): a
+    /// receiver on the LAN runs the code's PAKE through `ws://ADDR:PORT/ws`. Only the
+    /// number goes into the record, never any word of the code.
+    pub fn transfer_on_server(
+        nameplate: &str,
+        server: SocketAddr,
+        device_name: &str,
+    ) -> Result<LanAdvert> {
+        if !valid_nameplate(nameplate) {
+            return Err(Error::InvalidInput {
+                reason: "not a nameplate".into(),
+            });
+        }
+        Self::start(server, &[("snp", nameplate)], device_name)
+    }
+
     /// Announces this device (`device_id`: 1–64 of `[A-Za-z0-9_-]`) with its name, for
-    /// the peer lists of other devices on the LAN.
+    /// the peer lists of other devices on the LAN. `listen` is where its signaling server
+    /// listens (`ws://ADDR:PORT/ws`; the device is online there in [`LAN_SPACE`]).
     pub fn device(device_id: &str, device_name: &str, listen: SocketAddr) -> Result<LanAdvert> {
         if !valid_id(device_id) {
             return Err(Error::InvalidInput {
@@ -362,6 +408,18 @@ impl Deref for UnusedCode {
     }
 }
 
+/// Announces a code's `nameplate` as living on the signaling server listening on
+/// `server` (best effort, as [`announce_code`]); the record lives as long as the value.
+pub(crate) fn announce_on_server(
+    nameplate: &str,
+    server: SocketAddr,
+    device: &str,
+) -> Option<LanAdvert> {
+    LanAdvert::transfer_on_server(nameplate, server, device)
+        .inspect_err(|e| tracing::warn!("not announced on the LAN: {e}"))
+        .ok()
+}
+
 /// Announces `code`'s nameplate for a sender listening on `listener` (best effort: a
 /// loopback listener, or a LAN without mDNS, just goes unannounced).
 pub(crate) fn announce_code(code: ShareCode, listener: &TcpListener, device: &str) -> UnusedCode {
@@ -402,10 +460,28 @@ impl Browse {
     }
 }
 
-/// Looks on the LAN for the sender of a code whose nameplate is `nameplate`, until one
-/// answers or `timeout` passes. Returns its addresses, IPv4 first. Two senders answering
-/// for the same nameplate are an error (`Error::Lan`), not a guess.
-pub async fn find_nameplate(nameplate: &str, timeout: Duration) -> Result<Vec<SocketAddr>> {
+const AMBIGUOUS: &str = "more than one sender on this network has code";
+
+/// Whether `e` is [`find_nameplate`]'s "two records for one nameplate" (never to be
+/// guessed around, e.g. by trying another server).
+pub(crate) fn is_ambiguous(e: &Error) -> bool {
+    matches!(e, Error::Lan { reason } if reason.starts_with(AMBIGUOUS))
+}
+
+/// Where a code found on the LAN waits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CodeAt {
+    /// The sender itself, for a direct TCP connection (an `np=` record).
+    Sender(Vec<SocketAddr>),
+    /// The signaling server holding the nameplate (an `snp=` record): its addresses.
+    Server(Vec<SocketAddr>),
+}
+
+/// Looks on the LAN for the sender (or the signaling server) of a code whose nameplate is
+/// `nameplate`, until one answers or `timeout` passes. Returns its addresses, IPv4 first.
+/// Two records answering for the same nameplate (of either kind) are an error
+/// (`Error::Lan`), not a guess.
+pub async fn find_nameplate(nameplate: &str, timeout: Duration) -> Result<CodeAt> {
     if !valid_nameplate(nameplate) {
         return Err(Error::InvalidInput {
             reason: "not a nameplate".into(),
@@ -416,7 +492,7 @@ pub async fn find_nameplate(nameplate: &str, timeout: Duration) -> Result<Vec<So
         nameplate: nameplate.to_owned(),
     };
     let mut deadline = Instant::now() + timeout;
-    let mut found: Option<(String, Vec<SocketAddr>)> = None;
+    let mut found: Option<(String, bool, Vec<SocketAddr>)> = None;
     loop {
         let ev = match tokio::time::timeout_at(deadline, browse.next()).await {
             Ok(Some(ev)) => ev,
@@ -430,23 +506,24 @@ pub async fn find_nameplate(nameplate: &str, timeout: Duration) -> Result<Vec<So
         let ServiceEvent::ServiceResolved(svc) = ev else {
             continue;
         };
-        match record_of(&svc) {
-            Ok(Record::Transfer { nameplate: np, .. }) if np == nameplate => {}
+        let on_server = match record_of(&svc) {
+            Ok(Record::Transfer { nameplate: np, .. }) if np == nameplate => false,
+            Ok(Record::ServerTransfer { nameplate: np, .. }) if np == nameplate => true,
             Ok(_) => continue,
             Err(Invalid(why)) => {
                 tracing::debug!("lan: ignoring {}: {why}", svc.get_fullname());
                 continue;
             }
-        }
+        };
         let addrs = addrs_of(&svc);
         match &mut found {
             None if !addrs.is_empty() => {
                 tracing::debug!("lan: code {nameplate} at {addrs:?}");
-                found = Some((svc.get_fullname().to_owned(), addrs));
+                found = Some((svc.get_fullname().to_owned(), on_server, addrs));
                 // Gather the record's other addresses for a moment.
                 deadline = deadline.min(Instant::now() + GATHER);
             }
-            Some((fullname, have)) if fullname == svc.get_fullname() => {
+            Some((fullname, _, have)) if fullname == svc.get_fullname() => {
                 let all = have.iter().chain(&addrs).map(|a| (a.ip(), scope_of(a)));
                 *have = usable_addrs(all.collect::<Vec<_>>(), svc.get_port());
             }
@@ -455,15 +532,53 @@ pub async fn find_nameplate(nameplate: &str, timeout: Duration) -> Result<Vec<So
             Some(_) if !addrs.is_empty() => {
                 return Err(Error::Lan {
                     reason: format!(
-                        "more than one sender on this network has code {nameplate}: \
-                         ask the sender to start again for a new code"
+                        "{AMBIGUOUS} {nameplate}: ask the sender to start again for a new code"
                     ),
                 })
             }
             _ => {}
         }
     }
-    found.map(|(_, a)| a).ok_or_else(not_found)
+    match found {
+        Some((_, true, addrs)) => Ok(CodeAt::Server(addrs)),
+        Some((_, false, addrs)) => Ok(CodeAt::Sender(addrs)),
+        None => Err(not_found()),
+    }
+}
+
+/// The URL of the signaling server at `addr` (`ws://ADDR:PORT/ws`); `None` for an IPv6
+/// link-local address, which a URL cannot carry with its interface.
+pub fn signal_url_of(addr: &SocketAddr) -> Option<String> {
+    match addr {
+        SocketAddr::V6(v6) if v6.scope_id() != 0 || (v6.ip().segments()[0] & 0xffc0) == 0xfe80 => {
+            None
+        }
+        _ => Some(format!("ws://{addr}{SIGNAL_PATH}")),
+    }
+}
+
+/// The URL of the first of `addrs` (a signaling server found on the LAN) that accepts a
+/// TCP connection, tried in turn.
+pub async fn reachable_signal_url(addrs: &[SocketAddr]) -> Result<String> {
+    let mut last = Error::Lan {
+        reason: "the signaling server found on the LAN has no usable address".into(),
+    };
+    for addr in addrs {
+        let Some(url) = signal_url_of(addr) else {
+            continue;
+        };
+        match tokio::time::timeout(DIAL_TIMEOUT, tokio::net::TcpStream::connect(addr)).await {
+            Ok(Ok(_probe)) => return Ok(url),
+            Ok(Err(e)) => last = Error::io(format!("connecting to the server at {addr}"), e),
+            Err(_) => {
+                last = Error::Timeout {
+                    what: "connecting to the signaling server found on the LAN",
+                }
+            }
+        }
+        tracing::info!("lan: could not reach the server at {addr}: {last}");
+    }
+    Err(last)
 }
 
 fn scope_of(a: &SocketAddr) -> u32 {
@@ -474,12 +589,20 @@ fn scope_of(a: &SocketAddr) -> u32 {
 }
 
 /// A device seen on the LAN. Its id and name are what it says about itself (not
-/// authenticated); `name` is already escaped for display.
+/// authenticated: a transfer to it authenticates its device key); `name` is already
+/// escaped for display. `addrs` are its signaling server's addresses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LanDevice {
     pub id: String,
     pub name: String,
     pub addrs: Vec<SocketAddr>,
+}
+
+impl LanDevice {
+    /// Its signaling server's URLs (`ws://ADDR:PORT/ws`), in the order of `addrs`.
+    pub fn signal_urls(&self) -> Vec<String> {
+        self.addrs.iter().filter_map(signal_url_of).collect()
+    }
 }
 
 /// A change in the set of devices on the LAN.
@@ -554,11 +677,32 @@ impl DeviceBrowser {
 
 // ---------------------------------------------------------------- dialing
 
-/// Receiver without a server or an address: finds the sender of `code` on the LAN, dials
-/// its addresses in turn, and runs the code's PAKE on the first connection (only one: a
-/// code has one attempt). Returns the channel, the resume secret and the address dialed.
-pub(crate) async fn dial_code(code: &ShareCode) -> Result<(Channel, Secret, String)> {
-    let addrs = find_nameplate(code.nameplate(), FIND_TIMEOUT).await?;
+/// A code found on the LAN, ready for its PAKE.
+pub(crate) enum LanCode {
+    /// Dialed the sender directly and ran the PAKE: channel, resume secret, address.
+    Direct(Box<Channel>, Secret, String),
+    /// The code lives on the signaling server at this URL: pair through it.
+    Server(String),
+}
+
+/// Receiver without an address: finds the code on the LAN. For a sender waiting directly,
+/// dials its addresses in turn and runs the code's PAKE on the first connection (only
+/// one: a code has one attempt); for a code on a LAN signaling server, returns the URL
+/// of that server that answers.
+pub(crate) async fn dial_code(code: &ShareCode) -> Result<LanCode> {
+    match find_nameplate(code.nameplate(), FIND_TIMEOUT).await? {
+        CodeAt::Server(addrs) => Ok(LanCode::Server(reachable_signal_url(&addrs).await?)),
+        CodeAt::Sender(addrs) => {
+            let (ch, secret, addr) = dial_sender(code, addrs).await?;
+            Ok(LanCode::Direct(Box::new(ch), secret, addr))
+        }
+    }
+}
+
+async fn dial_sender(
+    code: &ShareCode,
+    addrs: Vec<SocketAddr>,
+) -> Result<(Channel, Secret, String)> {
     let mut last = Error::NotOnLan {
         nameplate: code.nameplate().to_owned(),
     };
@@ -612,6 +756,75 @@ mod tests {
                 name: "desk".into()
             })
         );
+    }
+
+    #[test]
+    fn a_nameplate_on_a_server_is_its_own_kind() {
+        let r = parse_txt(txt(&[("v", "1"), ("snp", "42"), ("name", "desk")]));
+        assert_eq!(
+            r,
+            Ok(Record::ServerTransfer {
+                nameplate: "42".into(),
+                name: "desk".into()
+            })
+        );
+        let bad: [(&[(&str, &str)], &str); 4] = [
+            (
+                &[("v", "1"), ("snp", "42"), ("np", "42"), ("name", "a")],
+                "both a direct and a server nameplate",
+            ),
+            (
+                &[("v", "1"), ("snp", "42"), ("id", "x"), ("name", "a")],
+                "both a nameplate and a device id",
+            ),
+            (
+                &[("v", "1"), ("snp", "42-river"), ("name", "a")],
+                "bad nameplate",
+            ),
+            (
+                &[("v", "1"), ("snp", "1"), ("SNP", "2"), ("name", "a")],
+                "duplicate TXT key",
+            ),
+        ];
+        for (props, why) in bad {
+            assert_eq!(parse_txt(txt(props)), Err(Invalid(why)), "{props:?}");
+        }
+        // What a reader of the `np`/`id`-only layout makes of it: a record without either
+        // (ignored), never a sender to dial.
+        let old_reader_view: Vec<(&str, &str)> = [("v", "1"), ("snp", "42"), ("name", "a")]
+            .into_iter()
+            .filter(|(k, _)| ["v", "np", "id", "name"].contains(k))
+            .collect();
+        assert_eq!(
+            parse_txt(txt(&old_reader_view)),
+            Err(Invalid("neither a nameplate nor a device id"))
+        );
+    }
+
+    #[test]
+    fn server_urls_from_record_addresses() {
+        let url = |a: &str| signal_url_of(&a.parse().unwrap());
+        assert_eq!(
+            url("10.0.0.7:47231").as_deref(),
+            Some("ws://10.0.0.7:47231/ws")
+        );
+        assert_eq!(
+            url("[2001:db8::5]:47231").as_deref(),
+            Some("ws://[2001:db8::5]:47231/ws")
+        );
+        // A URL cannot carry a link-local address's interface.
+        assert_eq!(url("[fe80::1%3]:47231"), None);
+        let d = LanDevice {
+            id: "x".into(),
+            name: "x".into(),
+            addrs: vec![
+                "10.0.0.7:1".parse().unwrap(),
+                "[fe80::1%3]:1".parse().unwrap(),
+            ],
+        };
+        assert_eq!(d.signal_urls(), ["ws://10.0.0.7:1/ws"]);
+        assert!(LAN_SPACE.len() <= skiff_proto::signal::MAX_LABEL_LEN);
+        assert!(skiff_proto::signal::SpaceName::try_from(LAN_SPACE.to_owned()).is_ok());
     }
 
     #[test]
@@ -808,6 +1021,14 @@ mod tests {
         }
         assert!(matches!(
             LanAdvert::device("no spaces", "x", any),
+            Err(Error::InvalidInput { .. })
+        ));
+        assert!(matches!(
+            LanAdvert::transfer_on_server("417", lo, "x"),
+            Err(Error::InvalidInput { .. })
+        ));
+        assert!(matches!(
+            LanAdvert::transfer_on_server("417-river", any, "x"),
             Err(Error::InvalidInput { .. })
         ));
     }

@@ -19,10 +19,21 @@ use crate::store::Store;
 use crate::{tasks, Error, Result};
 
 /// Options of a send.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct SendOptions {
     /// Address to listen on for the receiver, e.g. `0.0.0.0:9000` (`:0` picks a port).
     pub listen: String,
+    /// The signaling server of this one transfer (`ws://…/ws`), instead of the node's
+    /// ([`Node::set_signal_url`]): e.g. the server of an app found on the LAN
+    /// ([`crate::lan::LanDevice::signal_urls`]). The transfer stores it, so a resume meets
+    /// the receiver there again.
+    pub signal: Option<String>,
+    /// Where the signaling server in use listens for the LAN (the app's embedded server,
+    /// e.g. `0.0.0.0:47231`): a code's nameplate is then announced on the LAN as living on
+    /// that server (an `snp=` record, see [`crate::lan`]) until the code's one attempt,
+    /// so a receiver on another machine finds it. Ignored without a server and for
+    /// sends to a device (they have no code).
+    pub announce_server: Option<std::net::SocketAddr>,
 }
 
 /// A send that is ready for its receiver.
@@ -35,7 +46,7 @@ pub struct SendStarted {
 }
 
 /// Options of a receive.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ReceiveOptions {
     /// Address of the sender (direct mode; unused when a signaling server is set). Empty:
     /// find the sender of the code on the LAN over mDNS (see [`crate::lan`]).
@@ -46,6 +57,16 @@ pub struct ReceiveOptions {
     pub auto_accept: bool,
     /// How long to keep reconnecting after the connection drops.
     pub reconnect_for: Duration,
+    /// The signaling server of this one transfer (`ws://…/ws`), instead of the node's;
+    /// stored with the transfer, so a resume meets the sender there again. For
+    /// [`Node::listen`]: the server it is online on, and that its receives use.
+    pub signal: Option<String>,
+    /// With a signaling server and no `connect` address: first look the code's nameplate
+    /// up on the LAN (the app's embedded mode). A sender announced there is dialed
+    /// directly, a code announced on a LAN signaling server is received through that
+    /// server, and a code found nowhere on the LAN through the server in use. (Without
+    /// a server and without `connect`, the LAN is always searched.)
+    pub find_on_lan: bool,
 }
 
 /// Options of [`Node::listen`].
@@ -114,6 +135,8 @@ pub struct TransferInfo {
     pub state: String,
     pub peer: String,
     pub peer_name: String,
+    /// The signaling server the transfer met at (and a resume meets at), if any.
+    pub signal_url: Option<String>,
     pub path: Option<String>,
     pub files: usize,
     pub total: u64,
@@ -225,6 +248,18 @@ pub struct Node {
     tasks: TaskTracker,
 }
 
+/// Checks the shape of a signaling URL given to the node.
+fn check_ws(url: Option<&str>) -> Result<()> {
+    match url {
+        Some(u) if !(u.starts_with("ws://") || u.starts_with("wss://")) => {
+            Err(Error::InvalidInput {
+                reason: "use a ws:// or wss:// address, like wss://signal.example.org/ws".into(),
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
 impl Node {
     /// Opens the data directory and starts the actor.
     pub async fn spawn(config: Config) -> Result<Self> {
@@ -290,6 +325,7 @@ impl Node {
 
     /// Offers `paths`; returns once the code exists and the listener is up.
     pub async fn send(&self, paths: Vec<PathBuf>, opts: SendOptions) -> Result<SendStarted> {
+        check_ws(opts.signal.as_deref())?;
         self.ask(|reply| Command::Send {
             paths,
             opts,
@@ -309,6 +345,7 @@ impl Node {
         paths: Vec<PathBuf>,
         opts: SendOptions,
     ) -> Result<SendStarted> {
+        check_ws(opts.signal.as_deref())?;
         let to = Some(tasks::SendTo {
             peer: peer.to_owned(),
             space,
@@ -327,6 +364,7 @@ impl Node {
     /// and waits for [`Node::decide`] unless auto-accepted. Runs until [`Node::cancel`]
     /// with the id `"listen"` or shutdown.
     pub async fn listen(&self, opts: ListenOptions) -> Result<()> {
+        check_ws(opts.receive.signal.as_deref())?;
         self.ask(|reply| Command::Listen { opts, reply }).await?
     }
 
@@ -364,6 +402,7 @@ impl Node {
 
     /// Connects with a code; returns the offer (already being accepted if `auto_accept`).
     pub async fn receive(&self, code: &str, opts: ReceiveOptions) -> Result<IncomingOffer> {
+        check_ws(opts.signal.as_deref())?;
         let code = code.to_owned();
         self.ask(|reply| Command::Receive { code, opts, reply })
             .await?
@@ -413,14 +452,7 @@ impl Node {
     /// started from now on: a send's nameplate comes from it and the code's PAKE runs
     /// through it (it sees only sealed blobs). `None`: codes work over direct connections.
     pub async fn set_signal_url(&self, url: Option<String>) -> Result<()> {
-        if let Some(u) = &url {
-            if !(u.starts_with("ws://") || u.starts_with("wss://")) {
-                return Err(Error::InvalidInput {
-                    reason: "use a ws:// or wss:// address, like wss://signal.example.org/ws"
-                        .into(),
-                });
-            }
-        }
+        check_ws(url.as_deref())?;
         self.ask(|reply| Command::SetSignal { url, reply }).await
     }
 
@@ -491,6 +523,15 @@ impl Actor {
         (ctx, token)
     }
 
+    /// As [`Actor::task_ctx`], on the transfer's own signaling server when it has one.
+    fn task_ctx_on(&self, signal: &Option<String>) -> (Ctx, CancellationToken) {
+        let (mut ctx, token) = self.task_ctx();
+        if signal.is_some() {
+            ctx.signal.clone_from(signal);
+        }
+        (ctx, token)
+    }
+
     async fn run(mut self) {
         loop {
             tokio::select! {
@@ -512,7 +553,7 @@ impl Actor {
                 to,
                 reply,
             } => {
-                let (ctx, token) = self.task_ctx();
+                let (ctx, token) = self.task_ctx_on(&opts.signal);
                 self.tasks
                     .spawn(tasks::send(ctx, paths, opts, to, token, reply));
             }
@@ -523,7 +564,7 @@ impl Actor {
                     }));
                     return;
                 }
-                let (ctx, token) = self.task_ctx();
+                let (ctx, token) = self.task_ctx_on(&opts.receive.signal);
                 self.running
                     .insert(LISTEN_ID.to_owned(), Running::of(&ctx, token.clone()));
                 let internal = self.ctx.internal.clone();
@@ -543,12 +584,12 @@ impl Actor {
                 trusted,
                 opts,
             } => {
-                let (ctx, token) = self.task_ctx();
+                let (ctx, token) = self.task_ctx_on(&opts.signal);
                 self.tasks
                     .spawn(tasks::receive_device(ctx, request, trusted, opts, token));
             }
             Command::Receive { code, opts, reply } => {
-                let (ctx, token) = self.task_ctx();
+                let (ctx, token) = self.task_ctx_on(&opts.signal);
                 self.tasks
                     .spawn(tasks::receive(ctx, code, opts, token, reply));
             }

@@ -207,7 +207,14 @@ pub(crate) async fn send(
                 match pairing::allocate_code(&link).await {
                     Ok((code, nameplate)) => (
                         Some(code.clone()),
-                        Some((link, Meet::Code { nameplate, code })),
+                        Some((
+                            link,
+                            Meet::Code {
+                                nameplate,
+                                code,
+                                announce: opts.announce_server,
+                            },
+                        )),
                     ),
                     Err(e) => {
                         link.shutdown().await;
@@ -269,10 +276,13 @@ pub(crate) async fn send(
 
 /// How a sender meets its receiver on the signaling server.
 enum Meet {
-    /// A share code: its nameplate, and the PAKE over the relay.
+    /// A share code: its nameplate, and the PAKE over the relay. With `announce` (where
+    /// the server listens for the LAN), the nameplate is announced on the LAN until the
+    /// code's one attempt.
     Code {
         nameplate: skiff_proto::signal::Nameplate,
         code: ShareCode,
+        announce: Option<std::net::SocketAddr>,
     },
     /// Peer-list send to the device behind `peer`: the Noise handshake of device keys.
     Device {
@@ -316,7 +326,14 @@ async fn seed_paired(
             }
         };
         let r = match meet {
-            Meet::Code { nameplate, code } => {
+            Meet::Code {
+                nameplate,
+                code,
+                announce,
+            } => {
+                let _advert = announce.and_then(|server| {
+                    lan::announce_on_server(code.nameplate(), server, &ctx.config.device_name)
+                });
                 pairing::sender_pair(
                     &mut link,
                     &nameplate,
@@ -789,8 +806,9 @@ pub(crate) async fn receive(
     cancel: CancellationToken,
     reply: oneshot::Sender<Result<IncomingOffer>>,
 ) {
+    let mut ctx = ctx;
     let mut reply = Some(reply);
-    let first = receive_first(&ctx, &code, &opts, &cancel, &mut reply).await;
+    let first = receive_first(&mut ctx, &code, &opts, &cancel, &mut reply).await;
     receive_rest(ctx, first, opts, cancel, reply).await;
 }
 
@@ -1008,8 +1026,10 @@ async fn connect_paired(
 
 /// The first session: code, offer, decision, layout. Errors before the transfer exists
 /// are `Err`; later ones are returned with the id so they can be resumed or reported.
+/// A code found on the LAN sets the transfer's server (`ctx.signal`): the one whose
+/// nameplate it is, or none for a sender dialed directly.
 async fn receive_first(
-    ctx: &Ctx,
+    ctx: &mut Ctx,
     code: &str,
     opts: &ReceiveOptions,
     cancel: &CancellationToken,
@@ -1018,9 +1038,28 @@ async fn receive_first(
     let code = ShareCode::parse(code).map_err(|e| Error::BadCode {
         reason: e.to_string(),
     })?;
-    let (ch, secret, peer_addr) = match &ctx.signal {
-        Some(url) => paired_channel(ctx, url, &code).await?,
-        None if opts.connect.is_empty() => lan::dial_code(&code).await?,
+    let on_lan = opts.connect.is_empty() && (ctx.signal.is_none() || opts.find_on_lan);
+    if on_lan {
+        match lan::dial_code(&code).await {
+            Ok(lan::LanCode::Direct(ch, secret, addr)) => {
+                ctx.signal = None;
+                return receive_on(ctx, *ch, secret, addr, None, opts, cancel, reply).await;
+            }
+            Ok(lan::LanCode::Server(url)) => {
+                tracing::info!("code {} is on the LAN server {url}", code.nameplate());
+                ctx.signal = Some(url);
+            }
+            // Not on the LAN (or no mDNS here): the server in use, if there is one.
+            Err(e @ (Error::NotOnLan { .. } | Error::Lan { .. }))
+                if ctx.signal.is_some() && !lan::is_ambiguous(&e) =>
+            {
+                tracing::info!("{e}: trying the signaling server in use");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let (ch, secret, peer_addr) = match ctx.signal.clone() {
+        Some(url) => paired_channel(ctx, &url, &code).await?,
         None => {
             let (ch, secret) = direct_channel(&opts.connect, &code).await?;
             (ch, secret, opts.connect.clone())
@@ -1517,6 +1556,7 @@ pub(crate) fn list(store: &Store) -> Result<Vec<TransferInfo>> {
             state: t.state,
             peer: t.peer_addr,
             peer_name: t.peer_name,
+            signal_url: t.signal_url,
             path: t.path_kind,
             files,
             total: t.total_bytes,

@@ -92,6 +92,8 @@ export interface Network {
   mode: "embedded" | "custom" | "direct";
   url: string | null;
   error: string | null;
+  /** Not an error, but worth showing (e.g. the built-in server is not on its usual port). */
+  note?: string | null;
 }
 
 export type Theme = "system" | "light" | "dark";

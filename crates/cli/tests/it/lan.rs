@@ -238,3 +238,105 @@ fn the_lan_record_is_withdrawn_after_the_codes_one_attempt() {
     s.expect_success(secs(30));
     assert_same_tree(&photos, &out.path().join("photos"));
 }
+
+/// Runs `f` on a new thread inside namespace `ns` (threads it starts inherit it), on a
+/// current-thread runtime.
+fn in_ns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = T>>> + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        use std::os::fd::AsRawFd;
+        // SAFETY: setns on a valid namespace fd; affects this thread (and threads it starts).
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(f())
+    })
+}
+
+/// The desktop app's embedded mode on machine A (its signaling server on `0.0.0.0:47231`,
+/// a code allocated there and announced as `snp=`); on machine B a plain
+/// `skiff receive CODE` (no `--signal`, no address) finds it and receives through A's
+/// server, which the checkpoint keeps for `skiff resume`.
+#[test]
+fn receive_finds_a_code_on_an_apps_signaling_server() {
+    let Some(net) = net_pair("receive_finds_a_code_on_an_apps_signaling_server") else {
+        return;
+    };
+    let (a_dir, r_data, out) = (tempdir(), tempdir(), tempdir());
+    let src = a_dir.path().join("note.bin");
+    let sha = write_random(&src, 300_000, 5);
+    let (code_tx, code_rx) = std::sync::mpsc::channel::<String>();
+    let (end_tx, end_rx) = std::sync::mpsc::channel::<()>();
+    let state = a_dir.path().join("state");
+    let side_a = in_ns(&net.a, move || {
+        Box::pin(async move {
+            let listener = tokio::net::TcpListener::bind("0.0.0.0:47231")
+                .await
+                .unwrap();
+            let server = listener.local_addr().unwrap();
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let task = tokio::spawn(async move {
+                let shutdown = async move {
+                    let _ = stopped.await;
+                };
+                skiff_signal::run(listener, skiff_signal::Config::default(), shutdown)
+                    .await
+                    .unwrap();
+            });
+            let mut config = skiff_core::Config::new(Some(state));
+            config.device_name = "the app".into();
+            let node = skiff_core::Node::spawn(config).await.unwrap();
+            node.set_signal_url(Some("ws://127.0.0.1:47231/ws".into()))
+                .await
+                .unwrap();
+            let opts = skiff_core::SendOptions {
+                listen: "0.0.0.0:0".into(),
+                announce_server: Some(server),
+                ..Default::default()
+            };
+            let started = node.send(vec![src], opts).await.unwrap();
+            code_tx.send(started.code.clone()).unwrap();
+            let outcome =
+                tokio::time::timeout(std::time::Duration::from_secs(90), node.wait(&started.id))
+                    .await;
+            tokio::task::spawn_blocking(move || end_rx.recv_timeout(secs(60)))
+                .await
+                .unwrap()
+                .ok();
+            node.shutdown().await;
+            let _ = stop.send(());
+            let _ = task.await;
+            format!("{outcome:?}")
+        })
+    });
+    let code = code_rx.recv_timeout(secs(30)).unwrap();
+    let wrapper = NetPair::exec(&net.b);
+    let dir = out.path().display().to_string();
+    let args = ["receive", &code, "--dir", &dir, "--yes"];
+    let launch = Launch {
+        wrapper: &wrapper,
+        ..Launch::default()
+    };
+    let mut r = Proc::launch(launch, "receiver", r_data.path(), &args, &[], None);
+    r.expect_success(secs(60));
+    r.assert_all_json();
+    assert_eq!(sha256_file(&out.path().join("note.bin")), sha);
+    let rows = list(r_data.path());
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["state"], "completed", "{rows:?}");
+    assert_eq!(
+        rows[0]["signal_url"],
+        format!("ws://{ADDR_A}:47231/ws"),
+        "{rows:?}"
+    );
+    let _ = end_tx.send(());
+    let a = side_a.join().unwrap();
+    assert!(a.starts_with("Ok(Ok(Done"), "{a}");
+}

@@ -8,8 +8,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use skiff_core::lan::{self, LanAdvert, LanEvent};
-use skiff_core::Error;
+use skiff_core::lan::{self, CodeAt, LanAdvert, LanEvent};
+use skiff_core::{Error, ListenOptions, Outcome, ReceiveOptions, SendOptions};
+
+use crate::util::{spawn_node, within};
 
 struct NetPair {
     a: String,
@@ -191,7 +193,9 @@ fn devices_come_and_go_codes_are_found_and_bad_records_are_ignored() {
                 .unwrap();
             assert_eq!(
                 found,
-                vec![format!("{ADDR_A}:7000").parse::<SocketAddr>().unwrap()]
+                CodeAt::Sender(vec![format!("{ADDR_A}:7000")
+                    .parse::<SocketAddr>()
+                    .unwrap()])
             );
             // Two senders with one number: neither is dialed.
             let twins = lan::find_nameplate("88", Duration::from_secs(15)).await;
@@ -251,6 +255,192 @@ fn devices_come_and_go_codes_are_found_and_bad_records_are_ignored() {
         })
     });
     let b = side_b.join();
+    let a = side_a.join();
+    if let Err(e) = b {
+        std::panic::resume_unwind(e);
+    }
+    if let Err(e) = a {
+        std::panic::resume_unwind(e);
+    }
+}
+
+/// A `skiff-signal` on `addr` in the current namespace, until `stop` fires.
+async fn signal_server(
+    addr: &str,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let bound = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = stop.await;
+        };
+        skiff_signal::run(listener, skiff_signal::Config::default(), shutdown)
+            .await
+            .unwrap();
+    });
+    (bound, task)
+}
+
+fn receive_opts(dir: std::path::PathBuf, find_on_lan: bool) -> ReceiveOptions {
+    ReceiveOptions {
+        dir: Some(dir),
+        auto_accept: true,
+        reconnect_for: Duration::from_secs(5),
+        find_on_lan,
+        ..Default::default()
+    }
+}
+
+#[track_caller]
+fn assert_done(out: &Result<Outcome, Error>) {
+    assert!(matches!(out, Ok(Outcome::Done { .. })), "{out:?}");
+}
+
+/// The app's embedded mode on two machines: A runs a signaling server on `0.0.0.0`, is
+/// online there in `LAN_SPACE` and announces its device and a code's nameplate (`snp=`);
+/// B, on its own loopback server, receives A's code through A's server (found on the LAN,
+/// and stored as the transfer's server), then sends to A's device through A's server.
+#[test]
+fn codes_and_devices_on_a_lan_signaling_server() {
+    let Some(net) = net_pair("codes_and_devices_on_a_lan_signaling_server") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().to_owned();
+    let (code_tx, code_rx) = mpsc::channel::<String>();
+    let (end_tx, end_rx) = mpsc::channel::<()>();
+    let ra = root.clone();
+    let side_a = in_ns(&net.a, move || {
+        Box::pin(async move {
+            let (stop, stopped) = tokio::sync::oneshot::channel();
+            let (server, task) = signal_server("0.0.0.0:47231", stopped).await;
+            let node = spawn_node(&ra.join("a/state"), &ra.join("a")).await;
+            node.set_signal_url(Some("ws://127.0.0.1:47231/ws".into()))
+                .await
+                .unwrap();
+            node.listen(ListenOptions {
+                space: Some(lan::LAN_SPACE.into()),
+                receive: receive_opts(ra.join("a/in"), false),
+            })
+            .await
+            .unwrap();
+            let id = node.device_id().await.unwrap();
+            let advert = LanAdvert::device(&id, "desk", server).unwrap();
+            let src = ra.join("a/hello.txt");
+            std::fs::write(&src, b"hello from a").unwrap();
+            let opts = SendOptions {
+                listen: "0.0.0.0:0".into(),
+                announce_server: Some(server),
+                ..Default::default()
+            };
+            let started = node.send(vec![src], opts).await.unwrap();
+            // The code's words stay here: only its number goes on the LAN.
+            code_tx.send(started.code.clone()).unwrap();
+            assert_done(&within("a's send by code", node.wait(&started.id)).await);
+            // Until B's send to this device arrived through the listen.
+            tokio::task::spawn_blocking(move || end_rx.recv_timeout(Duration::from_secs(120)))
+                .await
+                .unwrap()
+                .unwrap();
+            let got = std::fs::read(ra.join("a/in/back.txt")).unwrap();
+            assert_eq!(got, b"hello from b");
+            advert.close().await;
+            node.shutdown().await;
+            let _ = stop.send(());
+            let _ = task.await;
+        })
+    });
+    let code = code_rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    let rb = root.clone();
+    let side_b = in_ns(&net.b, move || {
+        Box::pin(async move {
+            let server_a = format!("{ADDR_A}:47231");
+            let url_a = format!("ws://{server_a}/ws");
+            // A reader finds the nameplate as living on A's server.
+            let nameplate = code.split('-').next().unwrap().to_owned();
+            let found = lan::find_nameplate(&nameplate, Duration::from_secs(15))
+                .await
+                .unwrap();
+            assert_eq!(found, CodeAt::Server(vec![server_a.parse().unwrap()]));
+
+            // B's own (embedded, loopback) server, as in the app.
+            let (stop, stopped) = tokio::sync::oneshot::channel();
+            let (own, task) = signal_server("127.0.0.1:0", stopped).await;
+            let node = spawn_node(&rb.join("b/state"), &rb.join("b")).await;
+            node.set_signal_url(Some(format!("ws://{own}/ws")))
+                .await
+                .unwrap();
+            let offer = within(
+                "b's receive",
+                node.receive(&code, receive_opts(rb.join("b/in"), true)),
+            )
+            .await
+            .unwrap();
+            assert_done(&within("b's receive", node.wait(&offer.id)).await);
+            assert_eq!(
+                std::fs::read(rb.join("b/in/hello.txt")).unwrap(),
+                b"hello from a"
+            );
+            let row = |id: String| {
+                let node = node.clone();
+                async move {
+                    let list = node.list().await.unwrap();
+                    list.into_iter().find(|t| t.id == id).unwrap()
+                }
+            };
+            // Stored: a resume meets the sender at A's server, not B's own.
+            assert_eq!(
+                row(offer.id.clone()).await.signal_url.as_deref(),
+                Some(&*url_a)
+            );
+
+            // A's device, and a send to it through its server, in the LAN space.
+            let mut devices = lan::browse_devices().unwrap();
+            let desk = loop {
+                let ev = within("a's device on the LAN", devices.next()).await;
+                if let Some(LanEvent::Added(d)) = ev {
+                    if d.name == "desk" {
+                        break d;
+                    }
+                }
+            };
+            assert_eq!(desk.signal_urls(), std::slice::from_ref(&url_a));
+            let url = lan::reachable_signal_url(&desk.addrs).await.unwrap();
+            assert_eq!(url, url_a);
+            let src = rb.join("b/back.txt");
+            std::fs::write(&src, b"hello from b").unwrap();
+            let opts = SendOptions {
+                listen: "0.0.0.0:0".into(),
+                signal: Some(url.clone()),
+                ..Default::default()
+            };
+            let space = Some(lan::LAN_SPACE.to_owned());
+            let started = node
+                .send_to(&desk.id, space, vec![src], opts)
+                .await
+                .unwrap();
+            assert_done(&within("b's send to a's device", node.wait(&started.id)).await);
+            assert_eq!(
+                row(started.id.clone()).await.signal_url.as_deref(),
+                Some(&*url_a)
+            );
+            // A bad per-transfer URL is refused before any network call.
+            let bad = SendOptions {
+                signal: Some("http://x/ws".into()),
+                ..Default::default()
+            };
+            assert!(matches!(
+                node.send(vec![rb.join("b/back.txt")], bad).await,
+                Err(Error::InvalidInput { .. })
+            ));
+            node.shutdown().await;
+            let _ = stop.send(());
+            let _ = task.await;
+        })
+    });
+    let b = side_b.join();
+    let _ = end_tx.send(());
     let a = side_a.join();
     if let Err(e) = b {
         std::panic::resume_unwind(e);

@@ -104,6 +104,7 @@ async fn a_code_through_the_server_sends_over_webrtc() {
             vec![src],
             SendOptions {
                 listen: "127.0.0.1:0".into(),
+                ..Default::default()
             },
         ),
     )
@@ -120,6 +121,7 @@ async fn a_code_through_the_server_sends_over_webrtc() {
                 dir: Some(dest.clone()),
                 auto_accept: true,
                 reconnect_for: Duration::from_secs(5),
+                ..Default::default()
             },
         ),
     )
@@ -169,6 +171,7 @@ async fn a_restarted_receiver_meets_the_sender_at_the_rendezvous() {
             vec![src],
             SendOptions {
                 listen: "127.0.0.1:0".into(),
+                ..Default::default()
             },
         )
         .await
@@ -180,6 +183,7 @@ async fn a_restarted_receiver_meets_the_sender_at_the_rendezvous() {
         dir: Some(dest.clone()),
         auto_accept: true,
         reconnect_for: Duration::from_secs(30),
+        ..Default::default()
     };
     let mut events = receiver.events();
     let offer = within("receive", receiver.receive(&started.code, opts))
@@ -235,6 +239,7 @@ async fn a_paused_download_stays_paused_and_resumes_from_its_checkpoint() {
             vec![src],
             SendOptions {
                 listen: "127.0.0.1:0".into(),
+                ..Default::default()
             },
         )
         .await
@@ -250,6 +255,7 @@ async fn a_paused_download_stays_paused_and_resumes_from_its_checkpoint() {
                 dir: Some(dest.clone()),
                 auto_accept: true,
                 reconnect_for: Duration::from_secs(30),
+                ..Default::default()
             },
         )
         .await
@@ -307,6 +313,7 @@ async fn without_udp_the_transfer_takes_the_tcp_relay() {
             vec![src],
             SendOptions {
                 listen: "127.0.0.1:0".into(),
+                ..Default::default()
             },
         )
         .await
@@ -322,6 +329,7 @@ async fn without_udp_the_transfer_takes_the_tcp_relay() {
                 dir: Some(dest.clone()),
                 auto_accept: true,
                 reconnect_for: Duration::from_secs(5),
+                ..Default::default()
             },
         ),
     )

@@ -30,6 +30,7 @@ async fn start_send(env: &Env) -> SendStarted {
             vec![env.src.clone()],
             SendOptions {
                 listen: "127.0.0.1:0".into(),
+                ..Default::default()
             },
         ),
     )

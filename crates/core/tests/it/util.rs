@@ -260,6 +260,7 @@ impl Env {
             dir: Some(self.dest.clone()),
             auto_accept: true,
             reconnect_for,
+            ..Default::default()
         }
     }
 
@@ -302,6 +303,7 @@ impl Env {
                 vec![src],
                 skiff_core::SendOptions {
                     listen: "127.0.0.1:0".into(),
+                    ..Default::default()
                 },
             ),
         )
