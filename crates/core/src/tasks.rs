@@ -181,9 +181,16 @@ pub(crate) async fn send(
                 let data_dir = ctx.config.data_dir.clone();
                 let key =
                     blocking(move || crate::device::DeviceKey::load_or_create(&data_dir)).await?;
+                // Not under the device key's id: the server would replace this device's own
+                // `listen` connection with it. The Noise handshake proves the key anyway.
+                let transient = format!(
+                    "{}{}",
+                    crate::node::TRANSIENT_ID_PREFIX,
+                    hex::encode(rand::random::<[u8; 12]>())
+                );
                 let mut link = SignalLink::connect_as(
                     url,
-                    &key.id(),
+                    &transient,
                     &ctx.config.device_name,
                     space_name(&to.space)?,
                 )
@@ -827,6 +834,10 @@ pub(crate) async fn listen(
     cancel: CancellationToken,
     reply: oneshot::Sender<Result<()>>,
 ) {
+    ctx.presence.send_replace(crate::node::PeerList {
+        presence: crate::node::Presence::Connecting,
+        ..Default::default()
+    });
     let started = async {
         let url = ctx.signal.clone().ok_or_else(|| Error::InvalidInput {
             reason: "listening needs a signaling server".into(),
@@ -846,10 +857,17 @@ pub(crate) async fn listen(
     let (key, link) = match started {
         Ok(x) => x,
         Err(e) => {
+            ctx.presence.send_replace(crate::node::PeerList {
+                detail: Some(e.to_string()),
+                ..Default::default()
+            });
             let _ = reply.send(Err(e));
             return;
         }
     };
+    // The link's welcome was its `Connected`; the peer snapshot follows on its events.
+    ctx.presence
+        .send_modify(|p| p.presence = crate::node::Presence::Online);
     ctx.events.emit(Event::Listening {
         device: key.id(),
         name: ctx.config.device_name.clone(),
@@ -871,15 +889,24 @@ pub(crate) async fn listen(
         ctx.config.device_name.clone(),
         check,
         tx,
+        ctx.presence.clone(),
         cancel.clone(),
     );
     tokio::pin!(serving);
     loop {
         tokio::select! {
             r = &mut serving => {
-                if let Err(e) = r {
-                    ctx.events.error(None, &e);
-                }
+                let detail = match r {
+                    Err(e) => {
+                        ctx.events.error(None, &e);
+                        e.to_string()
+                    }
+                    Ok(()) => "stopped listening".to_owned(),
+                };
+                ctx.presence.send_replace(crate::node::PeerList {
+                    detail: Some(detail),
+                    ..Default::default()
+                });
                 return;
             }
             Some((request, trusted)) = rx.recv() => {
