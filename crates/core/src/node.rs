@@ -787,7 +787,10 @@ mod tests {
         let joined = SignalEvent::PeerJoined {
             peer: peer("p5", "tx-99", "x"),
         };
-        assert!(!list.apply("me", &joined), "a transient sender is not listed");
+        assert!(
+            !list.apply("me", &joined),
+            "a transient sender is not listed"
+        );
         let left = SignalEvent::PeerLeft {
             peer_id: PeerId::try_from("p2".to_owned()).unwrap(),
         };
