@@ -87,13 +87,27 @@ describe("peers", () => {
     try {
       const verify = await waitEvent(sender.events, (e) => e.event === "verify", 30000);
       const dialog = await $("#request");
-      await dialog.waitForDisplayed({ timeout: 20000 });
+      try {
+        await dialog.waitForDisplayed({ timeout: 20000 });
+      } catch (e) {
+        await screenshot("request-dialog-missing");
+        const pending = await browser.executeAsync((done) => {
+          window.__TAURI_INTERNALS__.invoke("pending_requests").then(done, (err) => done({ error: err }));
+        });
+        throw new Error(`${e.message}; pending ${JSON.stringify(pending).slice(0, 300)}; CLI ${JSON.stringify(sender.events).slice(0, 600)} ${sender.stderr().slice(-600)}`);
+      }
       const phrase = await $("#request-phrase").getAttribute("data-phrase");
       assert.equal(phrase, verify.phrase, "both screens show the same words");
       assert.match(phrase, /^[a-z]+(-[a-z]+){3}$/);
       assert.equal(verify.trusted, false);
       assert.match(await $("#request-summary").getText(), /1 file/);
-      assert.equal(await $("#request-entries .entry-name").getText(), name);
+      // Names come in pages, fetched once the list is on screen.
+      await screenshot("request-dialog-light");
+      await waitFor(
+        async () => (await $$("#request-entries .entry-name").map((e) => e.getProperty("textContent"))).includes(name),
+        10000,
+        "the offered name",
+      );
       assert.match(await $("#request-title").getText(), /wants to send you/);
       await screenshot("request-dialog-light");
       await $("#request-trust").click();
