@@ -187,6 +187,10 @@ impl Network {
     /// without a server).
     async fn listen_on(&mut self, url: Option<&str>, settings: &Settings, node: &Node) {
         let name = settings.effective_device_name();
+        // Also the sender name of code sends, with or without a server.
+        if let Err(e) = node.set_device_name(&name).await {
+            tracing::warn!("setting the device name: {e}");
+        }
         let me_id = node.device_id().await.unwrap_or_else(|e| {
             tracing::warn!("reading the device key: {e}");
             String::new()
@@ -206,9 +210,6 @@ impl Network {
         let Some(key) = key else {
             return;
         };
-        if let Err(e) = node.set_device_name(&name).await {
-            tracing::warn!("setting the device name: {e}");
-        }
         let opts = ListenOptions {
             space: settings.space.clone(),
             receive: ReceiveOptions {
