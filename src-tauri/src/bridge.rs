@@ -52,7 +52,8 @@ impl Bridge {
         }
     }
 
-    fn notify(&self, title: &str, body: &str) {
+    /// Shows an OS notification (best effort).
+    pub fn notify(&self, title: &str, body: &str) {
         if let Ok(n) = self.notify.lock() {
             if let Some(f) = n.as_ref() {
                 f(title, body);

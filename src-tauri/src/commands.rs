@@ -13,7 +13,7 @@ use tauri::State;
 
 use crate::dto::{
     CheckRow, CmdResult, CodeCheck, CommandError, EntryDto, LanPeerDto, NetworkDto, OfferDto,
-    PeersDto, ProbeDto, ShareDto, TransferDto, UiEvent,
+    PeersDto, ProbeDto, RequestDto, ShareDto, TransferDto, UiEvent,
 };
 use crate::state::AppState;
 
@@ -174,14 +174,24 @@ pub fn offer_entries(
     state.offer_entries(&id, offset, limit)
 }
 
+/// Accept (into `dir`) or Decline a waiting offer; `trust` (a device request, on accept)
+/// also pins the sender's device key.
 #[tauri::command]
 pub async fn decide_offer(
     state: State<'_, AppState>,
     id: String,
     accept: bool,
     dir: Option<PathBuf>,
+    trust: Option<bool>,
 ) -> CmdResult<()> {
-    state.decide(&id, accept, dir).await
+    state.decide(&id, accept, dir, trust.unwrap_or(false)).await
+}
+
+/// Requests from other devices that wait for Accept / Decline (also sent as
+/// `UiEvent::Incoming` when they arrive).
+#[tauri::command]
+pub fn pending_requests(state: State<'_, AppState>) -> Vec<RequestDto> {
+    state.pending_requests()
 }
 
 #[tauri::command]
@@ -382,6 +392,7 @@ pub async fn get_peers(state: State<'_, AppState>) -> CmdResult<PeersDto> {
     Ok(state.network.lock().await.peers.borrow().clone())
 }
 
+/// Trust (pin the key of) or forget a device, in the engine's list (`skiff trust`).
 #[tauri::command]
 pub async fn set_peer_trust(
     state: State<'_, AppState>,

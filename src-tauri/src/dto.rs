@@ -83,7 +83,7 @@ pub struct EntryDto {
 }
 
 /// An incoming offer waiting for Accept / Decline. Entries come in pages.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct OfferDto {
     pub id: String,
@@ -95,6 +95,22 @@ pub struct OfferDto {
     pub download_dir: String,
     /// Free bytes where the files would go (`None` when unknown).
     pub free_bytes: Option<u64>,
+}
+
+/// A peer-list send waiting for this device's decision: the offer, who sends it (as the
+/// Noise handshake proved), and the phrase to compare with the sender's screen.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestDto {
+    pub offer: OfferDto,
+    /// The sender's device name (untrusted text).
+    pub peer: String,
+    /// The sender's device id (its public key, hex).
+    pub device: String,
+    /// Four words, the same on both screens.
+    pub phrase: String,
+    /// The sender's key is pinned (`Node::trust`).
+    pub trusted: bool,
 }
 
 /// A transfer as the Transfers screen lists it.
@@ -187,6 +203,10 @@ pub enum UiEvent {
         phrase: String,
         trusted: bool,
     },
+    /// Another device asks to send files (a peer-list send to this device's `listen`):
+    /// the dialog shows it until Accept or Decline (`decide_offer`).
+    #[serde(rename_all = "camelCase")]
+    Incoming { request: RequestDto },
     /// Something changed that the list should fetch again (e.g. a new transfer).
     Refresh,
 }
@@ -278,9 +298,11 @@ pub struct PeerDto {
     pub device_id: String,
     pub name: String,
     pub trusted: bool,
+    /// Another app found on the LAN (mDNS), reached through its own embedded server.
+    pub lan: bool,
 }
 
-/// The peer list and the presence connection's state.
+/// The peer list and whether this device is online (`Node::listen`).
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct PeersDto {
@@ -288,7 +310,9 @@ pub struct PeersDto {
     pub status: String,
     pub detail: Option<String>,
     pub space: Option<String>,
+    /// This device's name and id (the engine's device key).
     pub me: String,
+    pub me_id: String,
     pub peers: Vec<PeerDto>,
 }
 

@@ -57,6 +57,7 @@ pub fn build<R: Runtime>(builder: tauri::Builder<R>, state: AppState) -> tauri::
             commands::start_receive,
             commands::offer_entries,
             commands::decide_offer,
+            commands::pending_requests,
             commands::list_transfers,
             commands::resume_transfer,
             commands::cancel_transfer,

@@ -1,27 +1,34 @@
-//! The app's network side: the embedded signaling server, the presence connection behind
-//! the Peers screen, LAN discovery of other apps, and which server the Node uses.
+//! The app's network side: the embedded signaling server, keeping this device online
+//! with the engine's `Node::listen`, the peer list behind the Peers screen, LAN discovery
+//! of other apps, and which server the Node uses.
 //!
 //! Owns: starting/stopping the in-process `skiff-signal` (on `0.0.0.0`, port
 //! [`EMBEDDED_PORT`] or a free one when that is taken; the app itself uses it over
-//! `127.0.0.1`), the [`crate::lan`] task while the embedded server is reachable from the
-//! LAN, one `SignalClient` for presence, and applying the signaling part of the settings
-//! live.
-//! Must not: keep a task that is not on the app's `TaskTracker` with a child token.
+//! `127.0.0.1`); the [`crate::lan`] task while the embedded server is reachable from the
+//! LAN; one supervisor task that keeps `Node::listen` running on the server in effect
+//! (started again, with backoff, when it fails or the server drops it; restarted when the
+//! server, name or space changes); the feed that turns `Node::peers`, the LAN's apps and
+//! the engine's trusted devices into `PeersDto`; applying the signaling part of the
+//! settings live.
+//! Must not: open a presence connection of its own (the engine's `listen` is this
+//! device's one presence, under its device key), or keep a task that is not on the app's
+//! `TaskTracker` with a child token.
 
-use std::collections::BTreeMap;
+use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
+use skiff_core::node::{ListenOptions, Presence, ReceiveOptions, LISTEN_ID};
 use skiff_core::settings::Settings;
-use skiff_core::signal::{Backoff, SignalClient, SignalEvent, SignalOptions};
 use skiff_core::Node;
-use skiff_proto::signal::{DeviceId, PeerInfo, SpaceName};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::dto::{NetworkDto, PeerDto, PeersDto};
 use crate::lan::{Lan, LanPeer};
+use crate::state::RECONNECT_FOR;
 
 /// The embedded server's port when it is free (`SKIFF_EMBEDDED_PORT` overrides it): a
 /// fixed port, so other machines (and this app after a restart, for a stored transfer's
@@ -80,7 +87,9 @@ pub async fn bind_embedded(
             let l = tokio::net::TcpListener::bind((opts.host, 0)).await?;
             let port = l.local_addr()?.port();
             let note = format!(
-                "port {} is not available ({e}), so the built-in server uses port {port}                  this time: other Skiff apps on the LAN still find it, but transfers                  stored with the usual port cannot resume until it is free again",
+                "port {} is not available ({e}), so the built-in server uses port {port} \
+                 this time: other Skiff apps on the LAN still find it, but transfers \
+                 stored with the usual port cannot resume until it is free again",
                 opts.port
             );
             tracing::warn!("{note}");
@@ -100,20 +109,37 @@ struct Embedded {
     note: Option<String>,
 }
 
-/// A running presence connection.
-struct Presence {
-    key: (String, String, Option<String>, String),
-    client: SignalClient,
+/// What `listen` runs with: (server, device name, space).
+type ListenKey = (String, String, Option<String>);
+
+/// The supervisor keeping `Node::listen` running.
+struct Listening {
+    key: ListenKey,
     stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+/// What the peer list shows besides the engine's list.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct View {
+    /// A signaling server is in use.
+    server: bool,
+    me: String,
+    me_id: String,
+    space: Option<String>,
 }
 
 /// The network state, behind one async mutex in `AppState`.
 pub struct Network {
     tasks: TaskTracker,
     root: CancellationToken,
+    node: Node,
     embedded: Option<Embedded>,
-    presence: Option<Presence>,
+    listening: Option<Listening>,
     status: NetworkDto,
+    view: watch::Sender<View>,
+    /// Device ids pinned in the engine (`Node::trusted`), for the trust marks.
+    trusted: watch::Sender<HashSet<String>>,
     /// The latest peer list, for the UI (`peers-changed` events carry it too).
     pub peers: watch::Sender<PeersDto>,
     embedded_opts: EmbeddedOptions,
@@ -123,29 +149,44 @@ pub struct Network {
 }
 
 impl Network {
-    pub fn new(tasks: TaskTracker, root: CancellationToken) -> Self {
+    /// Starts the peer-list feed (on `tasks`, until `root` is cancelled).
+    pub fn new(tasks: TaskTracker, root: CancellationToken, node: &Node) -> Self {
+        let view = watch::channel(View::default()).0;
+        let trusted = watch::channel(HashSet::new()).0;
+        let peers = watch::channel(peers_dto(
+            &View::default(),
+            &Default::default(),
+            &[],
+            &HashSet::new(),
+        ))
+        .0;
+        let lan_peers = watch::channel(Vec::new()).0;
+        tasks.spawn(feed_peers(
+            node.peers(),
+            view.subscribe(),
+            lan_peers.subscribe(),
+            trusted.subscribe(),
+            peers.clone(),
+            root.child_token(),
+        ));
         Self {
             tasks,
             root,
+            node: node.clone(),
             embedded: None,
-            presence: None,
+            listening: None,
             status: NetworkDto {
                 mode: "direct".into(),
                 url: None,
                 error: None,
                 note: None,
             },
-            peers: watch::channel(PeersDto {
-                status: "offline".into(),
-                detail: None,
-                space: None,
-                me: String::new(),
-                peers: Vec::new(),
-            })
-            .0,
+            view,
+            trusted,
+            peers,
             embedded_opts: EmbeddedOptions::from_env(),
             lan: None,
-            lan_peers: watch::channel(Vec::new()).0,
+            lan_peers,
         }
     }
 
@@ -157,6 +198,12 @@ impl Network {
 
     pub fn status(&self) -> NetworkDto {
         self.status.clone()
+    }
+
+    /// The presence space this device is online in (see [`listen_space`]); sends to a
+    /// peer of the list go there.
+    pub fn space(&self) -> Option<String> {
+        self.view.borrow().space.clone()
     }
 
     /// Where the running embedded server listens for the LAN, if it does (for announcing
@@ -205,8 +252,23 @@ impl Network {
         }
     }
 
+    /// Reads the engine's trusted devices again (after a trust or forget).
+    pub async fn refresh_trusted(&self) {
+        match self.node.trusted().await {
+            Ok(list) => {
+                let ids = list.into_iter().map(|t| t.device).collect();
+                self.trusted.send_if_modified(|cur| {
+                    let changed = *cur != ids;
+                    *cur = ids;
+                    changed
+                });
+            }
+            Err(e) => tracing::warn!("reading the trusted devices: {e}"),
+        }
+    }
+
     /// Applies `settings`: starts or stops the embedded server, points the node at the
-    /// server in effect and (re)connects presence when the server, name or space changed.
+    /// server in effect and (re)starts listening when the server, name or space changed.
     pub async fn apply(&mut self, settings: &Settings, node: &Node) -> NetworkDto {
         let mut error = None;
         let (mode, url) = match &settings.signal_url {
@@ -229,7 +291,7 @@ impl Network {
         if let Err(e) = node.set_signal_url(url.clone()).await {
             error = Some(e.to_string());
         }
-        self.presence_for(url.as_deref(), settings).await;
+        self.listen_on(url.as_deref(), settings, node).await;
         self.status = NetworkDto {
             mode: mode.into(),
             url,
@@ -276,82 +338,83 @@ impl Network {
         }
     }
 
-    async fn presence_for(&mut self, url: Option<&str>, settings: &Settings) {
+    /// Keeps `Node::listen` running on `url` with the settings' name and space (stopped
+    /// without a server).
+    async fn listen_on(&mut self, url: Option<&str>, settings: &Settings, node: &Node) {
         let name = settings.effective_device_name();
-        let device_id = settings.device_id.clone().unwrap_or_default();
-        let trusted = settings.trusted_peers.clone();
-        let Some(url) = url else {
-            self.stop_presence().await;
-            self.peers.send_replace(PeersDto {
-                status: "offline".into(),
-                detail: Some("no signaling server is in use".into()),
-                space: settings.space.clone(),
-                me: name,
-                peers: Vec::new(),
-            });
-            return;
-        };
-        let key = (
-            url.to_owned(),
-            name.clone(),
-            settings.space.clone(),
-            device_id.clone(),
+        let space = listen_space(
+            settings,
+            self.embedded.is_some() && settings.signal_url.is_none(),
         );
-        if self.presence.as_ref().is_some_and(|p| p.key == key) {
-            // Same connection: only the trust marks may have changed.
-            self.peers.send_modify(|p| {
-                for peer in &mut p.peers {
-                    peer.trusted = trusted.contains(&peer.device_id);
-                }
-            });
+        // Also the sender name of code sends, with or without a server.
+        if let Err(e) = node.set_device_name(&name).await {
+            tracing::warn!("setting the device name: {e}");
+        }
+        let me_id = node.device_id().await.unwrap_or_else(|e| {
+            tracing::warn!("reading the device key: {e}");
+            String::new()
+        });
+        self.view.send_replace(View {
+            server: url.is_some(),
+            me: name.clone(),
+            me_id,
+            space: space.clone(),
+        });
+        self.refresh_trusted().await;
+        let key = url.map(|u| (u.to_owned(), name.clone(), space.clone()));
+        if key.is_some() && self.listening.as_ref().map(|l| &l.key) == key.as_ref() {
             return;
         }
-        self.stop_presence().await;
-        let space = settings
-            .space
-            .clone()
-            .and_then(|s| SpaceName::try_from(s).ok());
-        let Ok(device) = DeviceId::try_from(device_id) else {
+        self.stop_listening().await;
+        let Some(key) = key else {
             return;
         };
-        let options = SignalOptions {
-            url: url.to_owned(),
-            device_id: device.clone(),
-            name: name.clone(),
+        let opts = ListenOptions {
             space,
-            backoff: Backoff::default(),
+            receive: ReceiveOptions {
+                connect: String::new(),
+                dir: Some(settings.effective_download_dir()),
+                // Every request waits for the user's Accept, trusted devices too (as
+                // `skiff listen` without `--yes`): trust proves who sends, not consent.
+                auto_accept: false,
+                reconnect_for: RECONNECT_FOR,
+                ..Default::default()
+            },
         };
-        let (client, events) = SignalClient::spawn(options);
         let stop = self.root.child_token();
-        self.peers.send_replace(PeersDto {
-            status: "connecting".into(),
-            detail: None,
-            space: settings.space.clone(),
-            me: name,
-            peers: Vec::new(),
-        });
-        self.tasks.spawn(watch_presence(
-            events,
-            self.peers.clone(),
-            device.as_str().to_owned(),
-            trusted,
-            stop.clone(),
-        ));
-        self.presence = Some(Presence { key, client, stop });
+        let task = self
+            .tasks
+            .spawn(keep_listening(node.clone(), opts, stop.clone()));
+        self.listening = Some(Listening { key, stop, task });
     }
 
-    async fn stop_presence(&mut self) {
-        if let Some(p) = self.presence.take() {
-            p.stop.cancel();
-            p.client.shutdown().await;
+    /// Stops the supervisor, then the engine's `listen` (in this order, so that no
+    /// `listen` it was starting outlives it).
+    async fn stop_listening(&mut self) {
+        if let Some(l) = self.listening.take() {
+            l.stop.cancel();
+            let _ = l.task.await;
+            if let Err(e) = self.node.stop_listening().await {
+                tracing::warn!("stopping listen: {e}");
+            }
         }
     }
 
     /// Stops everything (app exit).
     pub async fn shutdown(&mut self) {
-        self.stop_presence().await;
+        self.stop_listening().await;
         self.stop_embedded();
     }
+}
+
+/// The presence space this device is online in: the one set in Settings, else, on the
+/// embedded server, [`skiff_core::lan::LAN_SPACE`] (its clients come from many LAN
+/// addresses, so "behind one public address" would split them), else the server's default.
+pub fn listen_space(settings: &Settings, embedded: bool) -> Option<String> {
+    settings
+        .space
+        .clone()
+        .or_else(|| embedded.then(|| skiff_core::lan::LAN_SPACE.to_owned()))
 }
 
 /// The built-in server's limits: the production defaults (message size and rate, flood
@@ -370,72 +433,122 @@ pub fn embedded_config() -> skiff_signal::Config {
     config
 }
 
-/// Keeps the peer list up to date from the presence connection's events.
-async fn watch_presence(
-    mut events: tokio::sync::mpsc::Receiver<SignalEvent>,
+/// Longest wait between two attempts to go online.
+const MAX_RETRY: Duration = Duration::from_secs(30);
+
+/// Runs `Node::listen` until `stop`: again after it fails to start or ends (server gone
+/// for good, this device's connection replaced), after 1, 2, 4 … 30 s.
+async fn keep_listening(node: Node, opts: ListenOptions, stop: CancellationToken) {
+    let mut failures = 0u32;
+    loop {
+        let started = tokio::select! {
+            biased;
+            () = stop.cancelled() => return,
+            r = node.listen(opts.clone()) => r,
+        };
+        match started {
+            Ok(()) => {
+                failures = 0;
+                tokio::select! {
+                    biased;
+                    () = stop.cancelled() => return,
+                    _ = node.wait(LISTEN_ID) => {}
+                }
+            }
+            Err(e) => tracing::info!("going online failed: {e}"),
+        }
+        failures = failures.saturating_add(1);
+        let delay = Duration::from_secs(1 << failures.min(5)).min(MAX_RETRY);
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// Keeps `out` (the UI's peer list) in step with the engine's list, the trusted devices
+/// and the view (server, own name, space).
+async fn feed_peers(
+    mut engine: watch::Receiver<skiff_core::PeerList>,
+    mut view: watch::Receiver<View>,
+    mut lan: watch::Receiver<Vec<LanPeer>>,
+    mut trusted: watch::Receiver<HashSet<String>>,
     out: watch::Sender<PeersDto>,
-    me: String,
-    trusted: Vec<String>,
     stop: CancellationToken,
 ) {
-    let mut peers: BTreeMap<String, PeerInfo> = BTreeMap::new();
-    let publish = |peers: &BTreeMap<String, PeerInfo>, status: &str, detail: Option<String>| {
-        let mut list: Vec<PeerDto> = peers
-            .values()
-            .filter(|p| p.device_id.as_str() != me)
+    loop {
+        let dto = peers_dto(
+            &view.borrow_and_update(),
+            &engine.borrow_and_update(),
+            &lan.borrow_and_update(),
+            &trusted.borrow_and_update(),
+        );
+        out.send_if_modified(|cur| {
+            let changed = *cur != dto;
+            *cur = dto;
+            changed
+        });
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => return,
+            r = engine.changed() => if r.is_err() { return },
+            r = view.changed() => if r.is_err() { return },
+            r = lan.changed() => if r.is_err() { return },
+            r = trusted.changed() => if r.is_err() { return },
+        }
+    }
+}
+
+/// The engine's list (this server's space), then the LAN's other apps not already in it.
+fn peers_dto(
+    view: &View,
+    list: &skiff_core::PeerList,
+    lan: &[LanPeer],
+    trusted: &HashSet<String>,
+) -> PeersDto {
+    let (status, detail) = if !view.server {
+        ("offline", Some("no signaling server is in use".to_owned()))
+    } else {
+        let status = match list.presence {
+            Presence::Online => "online",
+            Presence::Connecting => "connecting",
+            Presence::Offline => "offline",
+        };
+        (status, list.detail.clone())
+    };
+    let peers = if view.server {
+        list.peers
+            .iter()
             .map(|p| PeerDto {
                 peer_id: p.peer_id.to_string(),
                 device_id: p.device_id.as_str().to_owned(),
                 name: p.name.clone(),
-                trusted: trusted.iter().any(|t| t == p.device_id.as_str()),
+                trusted: trusted.contains(p.device_id.as_str()),
+                lan: false,
             })
-            .collect();
-        list.sort_by_key(|p| p.name.to_lowercase());
-        out.send_modify(|p| {
-            p.status = status.to_owned();
-            p.detail = detail;
-            p.peers = list;
-        });
+            .collect()
+    } else {
+        Vec::new()
     };
-    loop {
-        let event = tokio::select! {
-            biased;
-            () = stop.cancelled() => return,
-            e = events.recv() => e,
-        };
-        match event {
-            Some(SignalEvent::Connected { .. }) => publish(&peers, "online", None),
-            Some(SignalEvent::Peers { list }) => {
-                peers = list
-                    .into_iter()
-                    .map(|p| (p.peer_id.to_string(), p))
-                    .collect();
-                publish(&peers, "online", None);
-            }
-            Some(SignalEvent::PeerJoined { peer }) => {
-                peers.insert(peer.peer_id.to_string(), peer);
-                publish(&peers, "online", None);
-            }
-            Some(SignalEvent::PeerLeft { peer_id }) => {
-                peers.remove(&peer_id.to_string());
-                publish(&peers, "online", None);
-            }
-            Some(SignalEvent::Disconnected { reason, retry_in }) => {
-                peers.clear();
-                let secs = retry_in.max(Duration::from_secs(1)).as_secs();
-                publish(
-                    &peers,
-                    "connecting",
-                    Some(format!("{reason}; trying again in {secs} s")),
-                );
-            }
-            Some(SignalEvent::Stopped { reason }) => {
-                peers.clear();
-                publish(&peers, "offline", Some(reason));
-                return;
-            }
-            Some(_) => {}
-            None => return,
+    let mut peers: Vec<PeerDto> = peers;
+    for p in lan {
+        if !peers.iter().any(|q| q.device_id == p.device_id) {
+            peers.push(PeerDto {
+                peer_id: format!("lan-{}", p.device_id),
+                device_id: p.device_id.clone(),
+                name: p.name.clone(),
+                trusted: trusted.contains(&p.device_id),
+                lan: true,
+            });
         }
+    }
+    PeersDto {
+        status: status.into(),
+        detail,
+        space: view.space.clone(),
+        me: view.me.clone(),
+        me_id: view.me_id.clone(),
+        peers,
     }
 }

@@ -1,9 +1,12 @@
 //! The app's state: one `Node` for the app's lifetime, the settings, the network side,
-//! pending offers and the transfers this app is working on.
+//! pending offers (by code, and requests from other devices to this device's `listen`)
+//! and the transfers this app is working on.
 //!
 //! Owns: startup (settings → engine → network) and shutdown, the one function behind both
-//! a drop and "Choose files…" ([`AppState::offer_paths`]), and the waiter task of each
-//! transfer (every task on `tasks`, with a child of `cancel`).
+//! a drop and "Choose files…" ([`AppState::offer_paths`]), the task that turns the
+//! engine's `verify` + `offer` events of a device request into a waiting request for the
+//! dialog, trust through the engine (`Node::trust` / `forget`, the CLI's list), and the
+//! waiter task of each transfer (every task on `tasks`, with a child of `cancel`).
 //! Must not: implement transfer logic (that is `skiff-core`).
 
 use std::collections::{HashMap, HashSet};
@@ -11,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use skiff_core::events::Event;
 use skiff_core::node::{Decision, IncomingOffer, ReceiveOptions, SendOptions};
 use skiff_core::settings::Settings;
 use skiff_core::{Config, Node};
@@ -19,8 +23,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::bridge::Bridge;
 use crate::dto::{
-    CmdResult, CommandError, EntryDto, ItemDto, LanPeerDto, NetworkDto, OfferDto, ShareDto,
-    TransferDto, UiEvent,
+    CmdResult, CommandError, EntryDto, ItemDto, LanPeerDto, NetworkDto, OfferDto, RequestDto,
+    ShareDto, TransferDto, UiEvent,
 };
 use crate::lan::LanPeer;
 use crate::network::{EmbeddedOptions, Network};
@@ -29,14 +33,28 @@ use crate::network::{EmbeddedOptions, Network};
 pub const RECONNECT_FOR: Duration = Duration::from_secs(300);
 /// Largest page of offer entries one call returns.
 pub const MAX_PAGE: usize = 1000;
+/// Most `verify` events remembered while waiting for their offer (sends from this app
+/// have one too, and no offer follows).
+const MAX_VERIFIES: usize = 256;
+
+/// Who sends a device request, from its `verify` event.
+#[derive(Debug, Clone)]
+pub struct Requester {
+    pub peer: String,
+    pub device: String,
+    pub phrase: String,
+    pub trusted: bool,
+}
 
 pub struct AppState {
     pub node: Node,
     pub data_dir: PathBuf,
-    pub settings: Mutex<Settings>,
+    pub settings: Arc<Mutex<Settings>>,
     pub network: tokio::sync::Mutex<Network>,
     pub bridge: Bridge,
-    pub offers: Mutex<HashMap<String, IncomingOffer>>,
+    pub offers: Arc<Mutex<HashMap<String, IncomingOffer>>>,
+    /// Of `offers`, those that are device requests (not code receives): their sender.
+    pub requests: Arc<Mutex<HashMap<String, Requester>>>,
     /// Transfers this app instance started or resumed and that have not ended.
     pub live: Arc<Mutex<HashSet<String>>>,
     /// Problems found at startup (e.g. a damaged settings file), shown once by the UI.
@@ -64,14 +82,9 @@ impl AppState {
         use anyhow::Context;
         skiff_core::config::ensure_private_dir(&data_dir).context("creating the data folder")?;
         let mut notices = Vec::new();
-        let (mut settings, damaged) = Settings::load_or_recover(&data_dir);
+        let (settings, damaged) = Settings::load_or_recover(&data_dir);
         if let Some(e) = damaged {
             notices.push(CommandError::from(e));
-        }
-        if settings.ensure_device_id() {
-            if let Err(e) = settings.save(&data_dir) {
-                notices.push(CommandError::from(e));
-            }
         }
         let mut config = Config::new(Some(data_dir.clone()));
         config.download_dir = settings.effective_download_dir();
@@ -81,8 +94,21 @@ impl AppState {
         let tasks = TaskTracker::new();
         let bridge = Bridge::default();
         tasks.spawn(bridge.clone().run(node.events(), cancel.child_token()));
-        let mut network = Network::new(tasks.clone(), cancel.clone()).with_embedded(embedded);
-        let status = network.apply(&settings, &node).await;
+        let offers = Arc::new(Mutex::new(HashMap::new()));
+        let settings = Arc::new(Mutex::new(settings));
+        let requests = Arc::new(Mutex::new(HashMap::new()));
+        tasks.spawn(watch_requests(
+            node.events(),
+            offers.clone(),
+            requests.clone(),
+            settings.clone(),
+            bridge.clone(),
+            cancel.child_token(),
+        ));
+        let mut network =
+            Network::new(tasks.clone(), cancel.clone(), &node).with_embedded(embedded);
+        let current = settings.lock().map(|s| s.clone()).unwrap_or_default();
+        let status = network.apply(&current, &node).await;
         if let Some(e) = status.error {
             notices.push(CommandError::new("signal", e));
         }
@@ -92,10 +118,11 @@ impl AppState {
         Ok(Self {
             node,
             data_dir,
-            settings: Mutex::new(settings),
+            settings,
             network: tokio::sync::Mutex::new(network),
             bridge,
-            offers: Mutex::new(HashMap::new()),
+            offers,
+            requests,
             live: Arc::new(Mutex::new(HashSet::new())),
             notices: Mutex::new(notices),
             cancel,
@@ -119,12 +146,11 @@ impl AppState {
     /// Validates, saves and applies new settings (no restart needed).
     pub async fn update_settings(&self, mut new: Settings) -> CmdResult<NetworkDto> {
         let old = self.settings();
-        // Fields the UI does not edit are kept.
+        // Fields the UI does not edit are kept (`device_id`, `trusted_peers`: unused
+        // keys of earlier versions, written back as they were).
         new.device_id = old.device_id.clone();
+        new.trusted_peers = old.trusted_peers.clone();
         new.extra = old.extra.clone();
-        if new.trusted_peers.is_empty() {
-            new.trusted_peers = old.trusted_peers.clone();
-        }
         normalise(&mut new);
         new.save(&self.data_dir)?;
         if let Ok(mut s) = self.settings.lock() {
@@ -133,18 +159,55 @@ impl AppState {
         Ok(self.network.lock().await.apply(&new, &self.node).await)
     }
 
+    /// Trust (pin) or forget a device in the engine, the list `skiff trust` shows. A
+    /// device is pinned with the name it has in the peer list (or in its waiting request).
     pub async fn set_trusted(&self, device_id: &str, trusted: bool) -> CmdResult<()> {
-        let mut s = self.settings();
-        s.trusted_peers.retain(|d| d != device_id);
+        let network = self.network.lock().await;
         if trusted {
-            s.trusted_peers.push(device_id.to_owned());
+            let online = network
+                .peers
+                .borrow()
+                .peers
+                .iter()
+                .find(|p| p.device_id == device_id)
+                .map(|p| p.name.clone());
+            let requesting = || {
+                self.requests.lock().ok().and_then(|r| {
+                    r.values()
+                        .find(|q| q.device == device_id)
+                        .map(|q| q.peer.clone())
+                })
+            };
+            let Some(name) = online.or_else(requesting) else {
+                return Err(CommandError::new(
+                    "invalid_input",
+                    "that device is not online: trust it while it is in the list",
+                ));
+            };
+            self.node.trust(device_id, &name).await?;
+        } else {
+            self.node.forget(device_id).await?;
         }
-        s.save(&self.data_dir)?;
-        if let Ok(mut cur) = self.settings.lock() {
-            *cur = s.clone();
-        }
-        self.network.lock().await.apply(&s, &self.node).await;
+        network.refresh_trusted().await;
         Ok(())
+    }
+
+    /// Device requests waiting for a decision (for a window that starts or reloads).
+    pub fn pending_requests(&self) -> Vec<RequestDto> {
+        let download_dir = self.settings().effective_download_dir();
+        let (Ok(offers), Ok(requests)) = (self.offers.lock(), self.requests.lock()) else {
+            return Vec::new();
+        };
+        let mut list: Vec<RequestDto> = requests
+            .iter()
+            .filter_map(|(id, r)| {
+                offers
+                    .get(id)
+                    .map(|o| request_dto(offer_dto(o, &download_dir), r))
+            })
+            .collect();
+        list.sort_by(|a, b| a.offer.id.cmp(&b.offer.id));
+        list
     }
 
     fn mark_live(&self, id: &str) {
@@ -210,7 +273,20 @@ impl AppState {
         let to = peer.clone();
         let started = match peer {
             Some(peer) => {
-                let space = self.settings().space.clone();
+                let (space, via_lan) = {
+                    let net = self.network.lock().await;
+                    let via_lan = net
+                        .peers
+                        .borrow()
+                        .peers
+                        .iter()
+                        .any(|p| p.lan && p.device_id == peer);
+                    (net.space(), via_lan)
+                };
+                if via_lan {
+                    // Another app on the LAN: through its own server.
+                    return self.offer_paths_to_lan(&peer, paths).await;
+                }
                 self.node.send_to(&peer, space, paths, opts).await?
             }
             None => self.node.send(paths, opts).await?,
@@ -369,13 +445,26 @@ impl AppState {
             .collect())
     }
 
-    pub async fn decide(&self, id: &str, accept: bool, dir: Option<PathBuf>) -> CmdResult<()> {
+    /// Accepts (into `dir`) or declines a waiting offer. `trust` (device requests only,
+    /// on accept) pins the sender's key first, as `skiff trust` would.
+    pub async fn decide(
+        &self,
+        id: &str,
+        accept: bool,
+        dir: Option<PathBuf>,
+        trust: bool,
+    ) -> CmdResult<()> {
         let removed = self.offers.lock().ok().and_then(|mut o| o.remove(id));
+        let requester = self.requests.lock().ok().and_then(|mut r| r.remove(id));
         if removed.is_none() {
             return Err(CommandError::new(
                 "no_such_offer",
                 "this offer is no longer waiting",
             ));
+        }
+        if let (true, true, Some(r)) = (accept, trust, &requester) {
+            self.node.trust(&r.device, &r.peer).await?;
+            self.network.lock().await.refresh_trusted().await;
         }
         let decision = if accept {
             let dir = dir.unwrap_or_else(|| self.settings().effective_download_dir());
@@ -446,6 +535,133 @@ pub fn free_bytes(dir: &Path) -> Option<u64> {
         probe = p.parent();
     }
     None
+}
+
+fn request_dto(offer: OfferDto, r: &Requester) -> RequestDto {
+    RequestDto {
+        offer,
+        peer: r.peer.clone(),
+        device: r.device.clone(),
+        phrase: r.phrase.clone(),
+        trusted: r.trusted,
+    }
+}
+
+/// Turns the engine's `verify` + `offer` events of a device request (`Node::listen`) into
+/// a waiting offer and a request for the dialog. A code receive has no `verify`; a send
+/// of this app to another device has a `verify` and no `offer` (forgotten when it ends).
+async fn watch_requests(
+    mut events: tokio::sync::broadcast::Receiver<Event>,
+    offers: Arc<Mutex<HashMap<String, IncomingOffer>>>,
+    requests: Arc<Mutex<HashMap<String, Requester>>>,
+    settings: Arc<Mutex<Settings>>,
+    bridge: Bridge,
+    stop: CancellationToken,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    let mut verified: HashMap<String, Requester> = HashMap::new();
+    let mut order: std::collections::VecDeque<String> = std::collections::VecDeque::new();
+    loop {
+        let event = tokio::select! {
+            biased;
+            () = stop.cancelled() => return,
+            e = events.recv() => match e {
+                Ok(e) => e,
+                Err(RecvError::Lagged(n)) => {
+                    tracing::warn!("missed {n} engine events");
+                    continue;
+                }
+                Err(RecvError::Closed) => return,
+            },
+        };
+        match event {
+            Event::Verify {
+                transfer,
+                peer,
+                device,
+                phrase,
+                trusted,
+            } => {
+                if verified.len() >= MAX_VERIFIES {
+                    if let Some(old) = order.pop_front() {
+                        verified.remove(&old);
+                    }
+                }
+                order.push_back(transfer.clone());
+                verified.insert(
+                    transfer,
+                    Requester {
+                        peer,
+                        device,
+                        phrase,
+                        trusted,
+                    },
+                );
+            }
+            Event::Offer {
+                transfer,
+                sender,
+                files,
+                dirs,
+                total,
+                entries,
+            } => {
+                let Some(r) = verified.remove(&transfer) else {
+                    continue; // a code receive: `start_receive` has it
+                };
+                order.retain(|t| t != &transfer);
+                let offer = IncomingOffer {
+                    id: transfer.clone(),
+                    sender,
+                    files,
+                    dirs,
+                    total,
+                    entries,
+                };
+                let download_dir = settings
+                    .lock()
+                    .map(|s| s.effective_download_dir())
+                    .unwrap_or_else(|_| skiff_core::config::default_download_dir());
+                let dto = request_dto(offer_dto(&offer, &download_dir), &r);
+                if let Ok(mut o) = offers.lock() {
+                    o.insert(transfer.clone(), offer);
+                }
+                if let Ok(mut q) = requests.lock() {
+                    q.insert(transfer, r);
+                }
+                let what = if dto.offer.files == 1 {
+                    "1 file".to_owned()
+                } else {
+                    format!("{} files", dto.offer.files)
+                };
+                bridge.notify(
+                    "Incoming files",
+                    &format!(
+                        "{} wants to send you {what}",
+                        skiff_core::names::display_escape(&dto.peer)
+                    ),
+                );
+                bridge.send(UiEvent::Incoming { request: dto });
+            }
+            Event::State { transfer, state }
+                if matches!(
+                    state.as_str(),
+                    "completed" | "failed" | "cancelled" | "declined"
+                ) =>
+            {
+                verified.remove(&transfer);
+                order.retain(|t| t != &transfer);
+                let gone = offers.lock().ok().and_then(|mut o| o.remove(&transfer));
+                if let Ok(mut q) = requests.lock() {
+                    q.remove(&transfer);
+                }
+                if gone.is_some() {
+                    bridge.send(UiEvent::Refresh);
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 fn offer_dto(offer: &IncomingOffer, download_dir: &Path) -> OfferDto {

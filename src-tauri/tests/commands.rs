@@ -1,5 +1,6 @@
 //! The app's commands on tauri's mock runtime, against the real engine and the app's own
-//! embedded signaling server: two app instances send a file to each other by code.
+//! embedded signaling server: two app instances send a file to each other by code, and to
+//! each other's device through the peer list (the request, its phrase, Accept + Trust).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -85,8 +86,15 @@ fn starts_with_the_embedded_server_and_a_settings_file_in_the_data_dir() {
         "{url}"
     );
     assert_eq!(info["dataDir"], dir.path().display().to_string());
-    let toml = std::fs::read_to_string(dir.path().join("settings.toml")).unwrap();
-    assert!(toml.contains("device_id = \"dev-"), "{toml}");
+    // The device is known by the engine's key, not by an id in the settings.
+    assert!(
+        !dir.path().join("settings.toml").exists() || {
+            let toml = std::fs::read_to_string(dir.path().join("settings.toml")).unwrap();
+            !toml.contains("device_id")
+        }
+    );
+    let key_id = std::fs::metadata(dir.path().join("device.key")).is_ok();
+    assert!(key_id, "the engine's device key exists");
     // The embedded server is a real skiff-signal: Test connection passes against it.
     let probe = app.ok("test_connection", json!({ "url": url }));
     assert_eq!(probe["ok"], true, "{probe}");
@@ -177,8 +185,9 @@ fn bad_settings_are_refused_and_good_ones_apply_and_persist() {
         .call("save_settings", json!({ "settings": settings }))
         .unwrap_err();
     assert_eq!(err["code"], "invalid_input", "{err}");
+    // Nothing was written (no file is made at first start either).
     assert!(!std::fs::read_to_string(dir.path().join("settings.toml"))
-        .unwrap()
+        .unwrap_or_default()
         .contains("signal_url"));
 
     settings["signalUrl"] = json!("ws://127.0.0.1:9/ws");
@@ -293,4 +302,119 @@ fn two_apps_send_a_file_by_code_through_the_commands() {
         )
         .unwrap_err();
     assert_eq!(err["code"], "no_such_offer");
+}
+
+#[test]
+fn a_device_in_the_peer_list_sends_and_the_request_waits_with_its_phrase() {
+    let (a_dir, b_dir, files, downloads) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let a = start(a_dir.path());
+    let b = start(b_dir.path());
+    let url = a.ok("app_info", json!({}))["network"]["url"].clone();
+    let mut settings = a.ok("get_settings", json!({}));
+    settings["deviceName"] = json!("alpha");
+    a.ok("save_settings", json!({ "settings": settings }));
+    let mut settings = b.ok("get_settings", json!({}));
+    settings["signalUrl"] = url;
+    // alpha's built-in server keeps its devices in the LAN space (`network::listen_space`).
+    settings["space"] = json!(skiff_core::lan::LAN_SPACE);
+    settings["deviceName"] = json!("beta");
+    settings["downloadDir"] = json!(downloads.path().display().to_string());
+    b.ok("save_settings", json!({ "settings": settings }));
+
+    // Both are online under their device keys and see each other.
+    let a_id = a.ok("get_peers", json!({}))["meId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let b_id = b.ok("get_peers", json!({}))["meId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(a_id.len(), 64, "{a_id}");
+    assert_ne!(a_id, b_id);
+    let sees = |app: &TestApp, id: &str, name: &str| {
+        let p = app.ok("get_peers", json!({}));
+        p["status"] == "online"
+            && p["peers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|x| x["deviceId"] == id && x["name"] == name && x["trusted"] == false)
+    };
+    wait_until("alpha sees beta", || sees(&a, &b_id, "beta"));
+    wait_until("beta sees alpha", || sees(&b, &a_id, "alpha"));
+
+    let file = files.path().join("to beta.bin");
+    let data: Vec<u8> = (0..1_500_000u32).map(|i| (i * 13 % 251) as u8).collect();
+    std::fs::write(&file, &data).unwrap();
+    let share = a.ok("send_to_peer", json!({ "deviceId": b_id, "paths": [file] }));
+    assert_eq!(share["to"], b_id.as_str());
+
+    // Not auto-accepted: the request waits at beta with the sender and its phrase.
+    let mut request = Value::Null;
+    wait_until("the request at beta", || {
+        request = b.ok("pending_requests", json!({}))[0].clone();
+        !request.is_null()
+    });
+    assert_eq!(request["peer"], "alpha");
+    assert_eq!(request["device"], a_id.as_str());
+    assert_eq!(request["trusted"], false);
+    assert_eq!(request["phrase"].as_str().unwrap().split('-').count(), 4);
+    assert_eq!(request["offer"]["files"], 1);
+    assert_eq!(
+        request["offer"]["downloadDir"],
+        downloads.path().display().to_string()
+    );
+    let entries = b.ok(
+        "offer_entries",
+        json!({ "id": request["offer"]["id"], "offset": 0, "limit": 10 }),
+    );
+    assert_eq!(entries[0]["path"], "to beta.bin");
+    // Sending kept alpha online (its send did not replace its own listen connection).
+    assert!(sees(&b, &a_id, "alpha"));
+
+    b.ok(
+        "decide_offer",
+        json!({ "id": request["offer"]["id"], "accept": true, "dir": null, "trust": true }),
+    );
+    let got = downloads.path().join("to beta.bin");
+    wait_until("identical bytes at beta", || {
+        std::fs::read(&got).map(|d| d == data).unwrap_or(false)
+    });
+    assert!(b
+        .ok("pending_requests", json!({}))
+        .as_array()
+        .unwrap()
+        .is_empty());
+    // Trusted through the engine: the peer list marks it; Forget unpins it.
+    let trusted = |app: &TestApp, id: &str, yes: bool| {
+        app.ok("get_peers", json!({}))["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["deviceId"] == id && x["trusted"] == yes)
+    };
+    wait_until("alpha trusted at beta", || trusted(&b, &a_id, true));
+    b.ok(
+        "set_peer_trust",
+        json!({ "deviceId": a_id, "trusted": false }),
+    );
+    wait_until("alpha forgotten at beta", || trusted(&b, &a_id, false));
+    a.ok(
+        "set_peer_trust",
+        json!({ "deviceId": b_id, "trusted": true }),
+    );
+    wait_until("beta trusted at alpha", || trusted(&a, &b_id, true));
+    let err = a
+        .call(
+            "set_peer_trust",
+            json!({ "deviceId": "f".repeat(64), "trusted": true }),
+        )
+        .unwrap_err();
+    assert_eq!(err["code"], "invalid_input", "{err}");
 }

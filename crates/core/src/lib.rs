@@ -32,6 +32,6 @@ pub use config::Config;
 pub use error::{Error, Result};
 pub use events::Event;
 pub use node::{
-    Decision, IncomingOffer, ListenOptions, Node, Outcome, ReceiveOptions, SendOptions,
-    SendStarted, TransferInfo, TrustedDevice,
+    Decision, IncomingOffer, ListenOptions, Node, Outcome, PeerList, Presence, ReceiveOptions,
+    SendOptions, SendStarted, TransferInfo, TrustedDevice,
 };

@@ -1,15 +1,17 @@
 //! The `Node`: one handle over an owned actor task that starts, tracks and stops transfers.
 //!
 //! Owns: the map of running transfers (each with a child cancellation token), pending
-//! accept decisions, finished outcomes and their waiters. Every task it starts is spawned
-//! on its `TaskTracker`; `shutdown` cancels all and waits for them.
+//! accept decisions, finished outcomes and their waiters, and the peer list of the listen
+//! space ([`Node::peers`], a `watch` the `listen` task keeps current). Every task it
+//! starts is spawned on its `TaskTracker`; `shutdown` cancels all and waits for them.
 //! Must not: await I/O in the actor loop itself (work runs in the spawned tasks).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tokio::sync::{broadcast, mpsc, oneshot};
+use skiff_proto::signal::PeerInfo;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -76,6 +78,80 @@ pub struct ListenOptions {
     pub space: Option<String>,
     /// How incoming transfers are received (`connect` is unused).
     pub receive: ReceiveOptions,
+}
+
+/// Whether [`Node::listen`] has this device online.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Presence {
+    /// Not listening (never started, stopped, or failed: see [`PeerList::detail`]).
+    #[default]
+    Offline,
+    /// Listening, (re)connecting to the signaling server.
+    Connecting,
+    /// Online in the space; [`PeerList::peers`] is the server's current list.
+    Online,
+}
+
+/// The other devices online in the listen space, as [`Node::peers`] reports them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerList {
+    pub presence: Presence,
+    /// Why it is offline or reconnecting, in words.
+    pub detail: Option<String>,
+    /// Sorted by name; never this device itself, nor another device's short-lived
+    /// connection for a peer-list send (ids starting with [`TRANSIENT_ID_PREFIX`]).
+    pub peers: Vec<PeerInfo>,
+}
+
+/// Signaling device ids of short-lived sender connections (`skiff send --to`): not devices
+/// anybody can send to, so peer lists leave them out. A send does not connect under its
+/// device key, which would replace this device's own `listen` connection on the server.
+pub const TRANSIENT_ID_PREFIX: &str = "tx-";
+
+impl PeerList {
+    /// Applies one signaling event of the listen link (`me`: this device's id); true if
+    /// the list changed.
+    pub(crate) fn apply(&mut self, me: &str, event: &crate::signal::SignalEvent) -> bool {
+        use crate::signal::SignalEvent as E;
+        let before = self.clone();
+        let shown = |p: &PeerInfo| {
+            p.device_id.as_str() != me && !p.device_id.as_str().starts_with(TRANSIENT_ID_PREFIX)
+        };
+        match event {
+            E::Connected { .. } => {
+                self.presence = Presence::Online;
+                self.detail = None;
+            }
+            E::Peers { list } => {
+                self.presence = Presence::Online;
+                self.detail = None;
+                self.peers = list.iter().filter(|p| shown(p)).cloned().collect();
+            }
+            E::PeerJoined { peer } if shown(peer) => {
+                self.peers.retain(|p| p.peer_id != peer.peer_id);
+                self.peers.push(peer.clone());
+            }
+            E::PeerLeft { peer_id } => self.peers.retain(|p| &p.peer_id != peer_id),
+            E::Disconnected { reason, retry_in } => {
+                self.presence = Presence::Connecting;
+                let secs = retry_in.max(&Duration::from_secs(1)).as_secs();
+                self.detail = Some(format!("{reason}; trying again in {secs} s"));
+                self.peers.clear();
+            }
+            E::Stopped { reason } => {
+                self.presence = Presence::Offline;
+                self.detail = Some(reason.clone());
+                self.peers.clear();
+            }
+            _ => {}
+        }
+        self.peers.sort_by(|a, b| {
+            (a.name.to_lowercase(), a.device_id.as_str())
+                .cmp(&(b.name.to_lowercase(), b.device_id.as_str()))
+        });
+        *self != before
+    }
 }
 
 /// A pinned device.
@@ -194,6 +270,10 @@ pub(crate) enum Command {
         url: Option<String>,
         reply: oneshot::Sender<()>,
     },
+    SetName {
+        name: String,
+        reply: oneshot::Sender<()>,
+    },
     // From the node's own tasks:
     Started {
         id: String,
@@ -222,6 +302,8 @@ pub(crate) struct Ctx {
     /// Interrupts this task's transfer (resumable) instead of cancelling it: a child of
     /// the node's root token (shutdown), or the transfer's own (pause).
     pub shutdown: CancellationToken,
+    /// The peer list of the listen space (written by the `listen` task only).
+    pub presence: watch::Sender<PeerList>,
     /// Set when the interruption is a pause: the transfer ends `paused`, not `interrupted`.
     pub paused: CancellationToken,
 }
@@ -244,6 +326,7 @@ pub struct Node {
     cmds: mpsc::Sender<Command>,
     events: Events,
     store: Store,
+    presence: watch::Receiver<PeerList>,
     cancel: CancellationToken,
     tasks: TaskTracker,
 }
@@ -280,6 +363,7 @@ impl Node {
         let (cmds, inbox) = mpsc::channel(64);
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
+        let (presence, presence_rx) = watch::channel(PeerList::default());
         let ctx = Ctx {
             store: store.clone(),
             config,
@@ -287,6 +371,7 @@ impl Node {
             internal: cmds.clone(),
             signal: None,
             shutdown: cancel.clone(),
+            presence,
             paused: CancellationToken::new(),
         };
         let actor = Actor {
@@ -304,6 +389,7 @@ impl Node {
             cmds,
             events,
             store,
+            presence: presence_rx,
             cancel,
             tasks,
         })
@@ -366,6 +452,23 @@ impl Node {
     pub async fn listen(&self, opts: ListenOptions) -> Result<()> {
         check_ws(opts.receive.signal.as_deref())?;
         self.ask(|reply| Command::Listen { opts, reply }).await?
+    }
+
+    /// Stops [`Node::listen`] (if it runs) and returns once it has ended, so that a new
+    /// `listen` (another server, name or space) can start. Transfers it began go on.
+    pub async fn stop_listening(&self) -> Result<()> {
+        match self.cancel(LISTEN_ID).await {
+            Ok(()) => self.wait(LISTEN_ID).await.map(|_| ()),
+            Err(Error::UnknownTransfer { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The other devices online in the space [`Node::listen`] keeps this device in, live:
+    /// `Offline` and empty while not listening. The `watch` always holds the latest list;
+    /// `changed()` wakes on every join, leave, reconnect or stop.
+    pub fn peers(&self) -> watch::Receiver<PeerList> {
+        self.presence.clone()
     }
 
     /// This device's id (the public half of its key), created on first use.
@@ -454,6 +557,18 @@ impl Node {
     pub async fn set_signal_url(&self, url: Option<String>) -> Result<()> {
         check_ws(url.as_deref())?;
         self.ask(|reply| Command::SetSignal { url, reply }).await
+    }
+
+    /// The name other devices see, for transfers and `listen` started from now on (a
+    /// running `listen` keeps its name until it is started again).
+    pub async fn set_device_name(&self, name: &str) -> Result<()> {
+        let name = name.trim().to_owned();
+        if name.is_empty() {
+            return Err(Error::InvalidInput {
+                reason: "the device name is empty".into(),
+            });
+        }
+        self.ask(|reply| Command::SetName { name, reply }).await
     }
 
     /// Every transfer in the data directory.
@@ -564,6 +679,8 @@ impl Actor {
                     }));
                     return;
                 }
+                // A new listen: `wait` must not see the outcome of an earlier one.
+                self.finished.remove(LISTEN_ID);
                 let (ctx, token) = self.task_ctx_on(&opts.receive.signal);
                 self.running
                     .insert(LISTEN_ID.to_owned(), Running::of(&ctx, token.clone()));
@@ -652,6 +769,10 @@ impl Actor {
                 self.ctx.signal = url;
                 let _ = reply.send(());
             }
+            Command::SetName { name, reply } => {
+                self.ctx.config.device_name = name;
+                let _ = reply.send(());
+            }
             Command::Started { id, running } => {
                 self.running.insert(id, running);
             }
@@ -672,5 +793,60 @@ impl Actor {
                 self.finished.insert(id, outcome);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::signal::SignalEvent;
+    use skiff_proto::signal::{DeviceId, PeerId};
+
+    fn peer(peer: &str, device: &str, name: &str) -> PeerInfo {
+        PeerInfo {
+            peer_id: PeerId::try_from(peer.to_owned()).unwrap(),
+            device_id: DeviceId::try_from(device.to_owned()).unwrap(),
+            name: name.to_owned(),
+        }
+    }
+
+    #[test]
+    fn peer_list_follows_the_listen_link_without_itself_or_transient_senders() {
+        let mut list = PeerList::default();
+        let snapshot = SignalEvent::Peers {
+            list: vec![
+                peer("p1", "me", "this one"),
+                peer("p2", "bbbb", "Zed"),
+                peer("p3", "tx-0123", "sending"),
+                peer("p4", "aaaa", "anna"),
+            ],
+        };
+        assert!(list.apply("me", &snapshot));
+        assert_eq!(list.presence, Presence::Online);
+        let names: Vec<_> = list.peers.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["anna", "Zed"]);
+        let joined = SignalEvent::PeerJoined {
+            peer: peer("p5", "tx-99", "x"),
+        };
+        assert!(
+            !list.apply("me", &joined),
+            "a transient sender is not listed"
+        );
+        let left = SignalEvent::PeerLeft {
+            peer_id: PeerId::try_from("p2".to_owned()).unwrap(),
+        };
+        assert!(list.apply("me", &left));
+        assert_eq!(list.peers.len(), 1);
+        let lost = SignalEvent::Disconnected {
+            reason: "connection reset".into(),
+            retry_in: Duration::from_millis(10),
+        };
+        assert!(list.apply("me", &lost));
+        assert_eq!(list.presence, Presence::Connecting);
+        assert!(list.peers.is_empty());
+        assert_eq!(
+            list.detail.as_deref(),
+            Some("connection reset; trying again in 1 s")
+        );
     }
 }

@@ -343,10 +343,16 @@ pub async fn serve_rendezvous(
     incoming: mpsc::Sender<Conn>,
     cancel: CancellationToken,
 ) -> Result<()> {
-    serve_peers(link, "rendezvous", cancel, move |conn, ice| {
-        let (tcp, rtc, incoming) = (tcp.clone(), with_ice(&rtc, ice), incoming.clone());
-        async move { answer_at_rendezvous(conn, &secret, tcp, rtc, incoming).await }
-    })
+    serve_peers(
+        link,
+        "rendezvous",
+        cancel,
+        |_| {},
+        move |conn, ice| {
+            let (tcp, rtc, incoming) = (tcp.clone(), with_ice(&rtc, ice), incoming.clone());
+            async move { answer_at_rendezvous(conn, &secret, tcp, rtc, incoming).await }
+        },
+    )
     .await
 }
 
@@ -358,6 +364,7 @@ async fn serve_peers<F, Fut>(
     mut link: SignalLink,
     what: &'static str,
     cancel: CancellationToken,
+    on_event: impl Fn(&SignalEvent),
     mut handle: F,
 ) -> Result<()>
 where
@@ -376,7 +383,11 @@ where
                     inboxes.remove(&peer);
                 }
             }
-            ev = link.events.recv() => match ev {
+            ev = link.events.recv() => {
+                if let Some(ev) = &ev {
+                    on_event(ev);
+                }
+                match ev {
                 Some(SignalEvent::Message { from, blob }) => {
                     if let Some(inbox) = inboxes.get(&from) {
                         // A peer that does not read its queue loses blobs, not our time.
@@ -412,7 +423,8 @@ where
                 }
                 Some(_) => {}
                 None => break Err(signal_err("the signaling client stopped")),
-            },
+                }
+            }
         }
     };
     handlers.shutdown().await;
@@ -570,9 +582,14 @@ pub async fn serve_listen(
     name: String,
     check: DeviceCheck,
     requests: mpsc::Sender<(DeviceRequest, bool)>,
+    presence: tokio::sync::watch::Sender<crate::node::PeerList>,
     cancel: CancellationToken,
 ) -> Result<()> {
-    serve_peers(link, "listen", cancel, move |conn, _ice| {
+    let me = key.id();
+    let on_event = move |ev: &SignalEvent| {
+        presence.send_if_modified(|list| list.apply(&me, ev));
+    };
+    serve_peers(link, "listen", cancel, on_event, move |conn, _ice| {
         let (key, name, check, requests) =
             (key.clone(), name.clone(), check.clone(), requests.clone());
         async move {

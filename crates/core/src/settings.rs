@@ -56,13 +56,17 @@ pub struct Settings {
     /// With no `signal_url`: run a signaling server inside the app.
     pub run_embedded_server: bool,
     pub theme: Theme,
-    /// Stable id of this device in peer lists (generated on first start).
+    /// Unused since the app went online with the engine's device key (`device.key`,
+    /// `Node::device_id`); still read and written back so that files of earlier versions
+    /// load unchanged. Nothing identifies this device by it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub device_id: Option<String>,
     /// A named space for the peer list; `None`: devices behind the same public address.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub space: Option<String>,
-    /// Device ids marked as trusted in the peer list.
+    /// Unused: trusted devices are pinned in the engine's store (`Node::trust`, the same
+    /// list as `skiff trust`). Still read and written back for files of earlier versions.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub trusted_peers: Vec<String>,
     /// Keys written by a newer version: kept as they are on save.
     #[serde(skip)]
@@ -251,15 +255,6 @@ impl Settings {
             .map(str::to_owned)
             .unwrap_or_else(device_name)
     }
-
-    /// Sets a random `device_id` if there is none; true if it changed.
-    pub fn ensure_device_id(&mut self) -> bool {
-        if self.device_id.is_some() {
-            return false;
-        }
-        self.device_id = Some(format!("dev-{}", hex::encode(rand::random::<[u8; 8]>())));
-        true
-    }
 }
 
 /// Checks the shape of a signaling URL before any network call.
@@ -408,14 +403,5 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         assert!(s.save(dir.path()).is_err());
         assert!(!Settings::path(dir.path()).exists());
-    }
-
-    #[test]
-    fn device_id_is_generated_once() {
-        let mut s = Settings::default();
-        assert!(s.ensure_device_id());
-        let id = s.device_id.clone().unwrap();
-        assert!(!s.ensure_device_id());
-        assert_eq!(s.device_id.unwrap(), id);
     }
 }

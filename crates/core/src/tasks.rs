@@ -182,9 +182,16 @@ pub(crate) async fn send(
                 let data_dir = ctx.config.data_dir.clone();
                 let key =
                     blocking(move || crate::device::DeviceKey::load_or_create(&data_dir)).await?;
+                // Not under the device key's id: the server would replace this device's own
+                // `listen` connection with it. The Noise handshake proves the key anyway.
+                let transient = format!(
+                    "{}{}",
+                    crate::node::TRANSIENT_ID_PREFIX,
+                    hex::encode(rand::random::<[u8; 12]>())
+                );
                 let mut link = SignalLink::connect_as(
                     url,
-                    &key.id(),
+                    &transient,
                     &ctx.config.device_name,
                     space_name(&to.space)?,
                 )
@@ -517,7 +524,7 @@ enum Shake {
     /// Its hello was read; the seeder decides what it may do.
     Hello(Conn, DialHello),
     /// Authenticated: serve it (with the fresh resume secret after a code's PAKE).
-    Ready(Channel, Option<crate::crypto::Secret>),
+    Ready(Box<Channel>, Option<crate::crypto::Secret>),
     /// The code's one PAKE attempt failed: the transfer fails.
     CodeFailed,
     /// Refused or broken: nothing to do.
@@ -590,7 +597,7 @@ async fn seed(
                     // One PAKE attempt per code, whatever its result: it is gone now.
                     Some(c) => shaking.spawn(async move {
                         match session::accept_pake(conn, &c, &msg).await {
-                            Ok((ch, secret)) => Shake::Ready(ch, Some(secret)),
+                            Ok((ch, secret)) => Shake::Ready(Box::new(ch), Some(secret)),
                             Err(e) => {
                                 tracing::info!("the code's PAKE failed: {e}");
                                 Shake::CodeFailed
@@ -626,7 +633,7 @@ async fn seed(
                 match matches {
                     Some(secret) => shaking.spawn(async move {
                         match session::accept_resume(conn, &secret, &nonce).await {
-                            Ok(ch) => Shake::Ready(ch, None),
+                            Ok(ch) => Shake::Ready(Box::new(ch), None),
                             Err(e) => {
                                 tracing::info!("resume handshake failed: {e}");
                                 Shake::Dropped
@@ -641,7 +648,7 @@ async fn seed(
                 };
                 continue;
             }
-            Shake::Ready(ch, secret) => (ch, secret),
+            Shake::Ready(ch, secret) => (*ch, secret),
             Shake::CodeFailed => return fail(ctx, id, Error::CodeMismatch).await,
             Shake::Dropped => continue,
         };
@@ -885,6 +892,10 @@ pub(crate) async fn listen(
     cancel: CancellationToken,
     reply: oneshot::Sender<Result<()>>,
 ) {
+    ctx.presence.send_replace(crate::node::PeerList {
+        presence: crate::node::Presence::Connecting,
+        ..Default::default()
+    });
     let started = async {
         let url = ctx.signal.clone().ok_or_else(|| Error::InvalidInput {
             reason: "listening needs a signaling server".into(),
@@ -904,10 +915,17 @@ pub(crate) async fn listen(
     let (key, link) = match started {
         Ok(x) => x,
         Err(e) => {
+            ctx.presence.send_replace(crate::node::PeerList {
+                detail: Some(e.to_string()),
+                ..Default::default()
+            });
             let _ = reply.send(Err(e));
             return;
         }
     };
+    // The link's welcome was its `Connected`; the peer snapshot follows on its events.
+    ctx.presence
+        .send_modify(|p| p.presence = crate::node::Presence::Online);
     ctx.events.emit(Event::Listening {
         device: key.id(),
         name: ctx.config.device_name.clone(),
@@ -929,15 +947,24 @@ pub(crate) async fn listen(
         ctx.config.device_name.clone(),
         check,
         tx,
+        ctx.presence.clone(),
         cancel.clone(),
     );
     tokio::pin!(serving);
     loop {
         tokio::select! {
             r = &mut serving => {
-                if let Err(e) = r {
-                    ctx.events.error(None, &e);
-                }
+                let detail = match r {
+                    Err(e) => {
+                        ctx.events.error(None, &e);
+                        e.to_string()
+                    }
+                    Ok(()) => "stopped listening".to_owned(),
+                };
+                ctx.presence.send_replace(crate::node::PeerList {
+                    detail: Some(detail),
+                    ..Default::default()
+                });
                 return;
             }
             Some((request, trusted)) = rx.recv() => {

@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
-import { DOWNLOADS, WORK, appReady, appSignalUrl, dragOnto, freshDir, go, screenshot, skiff, waitEvent, waitFor } from "./util.js";
+import { DOWNLOADS, LAN_SPACE, WORK, appReady, appSignalUrl, dragOnto, freshDir, go, screenshot, skiff, waitEvent, waitFor } from "./util.js";
 
 const HOSTILE = "<img src=x onerror=alert(1)>.txt";
 // The engine's sanitiser names the local file: `<` and `>` are not portable in names.
@@ -41,7 +41,7 @@ describe("hostile names", () => {
 
   it("a peer named like markup, from the CLI, is shown literally in Peers", async () => {
     const url = await appSignalUrl();
-    const peer = skiff(["peers", "--watch", "--signal", url, "--name", HOSTILE]);
+    const peer = skiff(["peers", "--watch", "--signal", url, "--space", LAN_SPACE, "--name", HOSTILE]);
     try {
       await go("peers");
       await waitFor(

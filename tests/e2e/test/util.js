@@ -12,6 +12,8 @@ const target = process.env.CARGO_TARGET_DIR ?? path.resolve(here, "../../../targ
 export const SKIFF = process.env.SKIFF_BIN ?? path.join(target, "debug/skiff");
 export const SKIFF_SIGNAL = process.env.SKIFF_SIGNAL_BIN ?? path.join(target, "debug/skiff-signal");
 export const WORK = process.env.E2E_WORK ?? fs.mkdtempSync(path.join(os.tmpdir(), "skiff-e2e-"));
+// The app's built-in server keeps its devices in this named space (`skiff_core::lan::LAN_SPACE`).
+export const LAN_SPACE = "skiff-lan";
 export const OUT = process.env.E2E_OUT ?? path.join(WORK, "output");
 export const DOWNLOADS = process.env.E2E_DOWNLOADS ?? path.join(WORK, "downloads");
 export const WINDOW_TITLE = "Skiff";

@@ -1,7 +1,7 @@
 // App-wide state (Svelte 5 runes): transfers with their live numbers, the current share,
 // peers, network mode, settings and notices. Screens read it; only backend.ts talks to Rust.
 import * as backend from "./backend";
-import type { AppInfo, CommandError, Network, Peers, Share, Transfer, UiEvent } from "./types";
+import type { AppInfo, CommandError, Network, Peers, Request, Share, Transfer, UiEvent } from "./types";
 
 export interface Live {
   bytes: number;
@@ -19,7 +19,9 @@ class AppStore {
   screen = $state<Screen>("send");
   info = $state<AppInfo | null>(null);
   network = $state<Network>({ mode: "direct", url: null, error: null });
-  peers = $state<Peers>({ status: "offline", detail: null, space: null, me: "", peers: [] });
+  peers = $state<Peers>({ status: "offline", detail: null, space: null, me: "", meId: "", peers: [] });
+  /** Requests from other devices waiting for Accept / Decline (the dialog shows the first). */
+  requests = $state<Request[]>([]);
   transfers = $state<Transfer[]>([]);
   live = $state<Record<string, Live>>({});
   /** Names for transfers started in this session (the list itself has no file names). */
@@ -40,6 +42,7 @@ class AppStore {
     this.applyInfo(info);
     this.notices = info.notices;
     this.peers = await backend.getPeers();
+    for (const r of await backend.pendingRequests()) this.addRequest(r);
     await backend.onPeersChanged((p) => (this.peers = p));
     await backend.onDragHover((d) => (this.dragging = d.over ? Math.max(1, d.count) : 0));
     await backend.onShareStarted((s) => this.setShare(s));
@@ -142,10 +145,25 @@ class AppStore {
       case "verify":
         this.phrases[e.id] = { peer: e.peer, phrase: e.phrase, trusted: e.trusted };
         return;
+      case "incoming":
+        this.addRequest(e.request);
+        return;
       case "refresh":
         void this.refresh();
         return;
     }
+  }
+
+  addRequest(r: Request): void {
+    if (this.requests.some((q) => q.offer.id === r.offer.id)) return;
+    this.requests = [...this.requests, r];
+    this.names[r.offer.id] = r.peer;
+    this.announce(`${r.peer} wants to send you files`);
+  }
+
+  /** The dialog answered (or the request is gone). */
+  dropRequest(id: string): void {
+    this.requests = this.requests.filter((q) => q.offer.id !== id);
   }
 
   setState(id: string, state: string): void {

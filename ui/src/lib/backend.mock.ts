@@ -1,7 +1,7 @@
 // Same exports as backend.ts, in memory, for component tests (no Tauri). Tests set the
 // canned answers on `mock` and read the calls from the vi.fn spies.
 import { vi } from "vitest";
-import type { AppInfo, CodeCheck, Entry, Offer, Peers, Probe, Settings, Share, Transfer, UiEvent } from "./types";
+import type { AppInfo, CodeCheck, Entry, Offer, Peers, Probe, Request, Settings, Share, Transfer, UiEvent } from "./types";
 
 export const mock = {
   transfers: [] as Transfer[],
@@ -11,7 +11,8 @@ export const mock = {
     /^\d+-[a-z]+-[a-z]+-[a-z]+$/.test(text.trim())
       ? { valid: true, code: text.trim(), message: null }
       : { valid: false, code: null, message: "a code starts with a number, like 42-river-olive-kitten" },
-  peers: { status: "online", detail: null, space: null, me: "test-device", peers: [] } as Peers,
+  peers: { status: "online", detail: null, space: null, me: "test-device", meId: "ab12", peers: [] } as Peers,
+  requests: [] as Request[],
   events: null as ((e: UiEvent) => void) | null,
 };
 
@@ -60,7 +61,8 @@ export const startReceive = vi.fn(async (_code: string, _address: string | null)
   return mock.offer;
 });
 export const offerEntries = vi.fn(async (_id: string, offset: number, limit: number) => mock.entries.slice(offset, offset + limit));
-export const decideOffer = vi.fn(async (_id: string, _accept: boolean, _dir: string | null) => {});
+export const decideOffer = vi.fn(async (_id: string, _accept: boolean, _dir: string | null, _trust = false) => {});
+export const pendingRequests = vi.fn(async () => mock.requests);
 export const listTransfers = vi.fn(async () => mock.transfers);
 export const resumeTransfer = vi.fn(async (_id: string) => {});
 export const cancelTransfer = vi.fn(async (_id: string) => {});

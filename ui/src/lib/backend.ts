@@ -12,6 +12,7 @@ import type {
   Offer,
   Peers,
   Probe,
+  Request,
   Settings,
   Share,
   Transfer,
@@ -57,8 +58,9 @@ export const checkCode = (text: string) => call<CodeCheck>("check_code", { text 
 export const startReceive = (code: string, address: string | null) => call<Offer>("start_receive", { code, address });
 export const offerEntries = (id: string, offset: number, limit: number) =>
   call<Entry[]>("offer_entries", { id, offset, limit });
-export const decideOffer = (id: string, accept: boolean, dir: string | null) =>
-  call<void>("decide_offer", { id, accept, dir });
+export const decideOffer = (id: string, accept: boolean, dir: string | null, trust = false) =>
+  call<void>("decide_offer", { id, accept, dir, trust });
+export const pendingRequests = () => call<Request[]>("pending_requests");
 export const listTransfers = () => call<Transfer[]>("list_transfers");
 export const resumeTransfer = (id: string) => call<void>("resume_transfer", { id });
 export const cancelTransfer = (id: string) => call<void>("cancel_transfer", { id });

@@ -71,13 +71,29 @@ export type UiEvent =
   | { type: "error"; id: string | null; code: string; message: string; resumable: boolean }
   | { type: "finished"; id: string; ok: boolean; code: string | null; message: string | null; resumable: boolean }
   | { type: "verify"; id: string; peer: string; phrase: string; trusted: boolean }
+  | { type: "incoming"; request: Request }
   | { type: "refresh" };
+
+/** Another device asks to send files to this one (its `listen`). */
+export interface Request {
+  offer: Offer;
+  /** The sender's device name (untrusted text). */
+  peer: string;
+  /** The sender's device id (its public key). */
+  device: string;
+  /** Four words, the same on the sender's screen. */
+  phrase: string;
+  /** The sender's key is pinned (Trust). */
+  trusted: boolean;
+}
 
 export interface Peer {
   peerId: string;
   deviceId: string;
   name: string;
   trusted: boolean;
+  /** Another app found on the LAN, reached through its own built-in server. */
+  lan: boolean;
 }
 
 export interface Peers {
@@ -85,6 +101,8 @@ export interface Peers {
   detail: string | null;
   space: string | null;
   me: string;
+  /** This device's id (its device key). */
+  meId: string;
   peers: Peer[];
 }
 

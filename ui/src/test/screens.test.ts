@@ -136,7 +136,7 @@ describe("Transfers", () => {
 
 describe("Peers", () => {
   it("peer names render as text", async () => {
-    app.peers = { status: "online", detail: null, space: "home", me: "me", peers: [{ peerId: "p", deviceId: "d", name: HOSTILE, trusted: false }] };
+    app.peers = { status: "online", detail: null, space: "home", me: "me", peers: [{ peerId: "p", deviceId: "d", name: HOSTILE, trusted: false, lan: false }] };
     render(Peers);
     expect(document.querySelector(".peer-name")!.textContent).toBe(HOSTILE);
     expect(document.querySelector("#peer-list img")).toBeNull();
