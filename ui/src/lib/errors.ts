@@ -20,6 +20,36 @@ const TABLE: Record<string, Words> = {
     title: "Can't reach the signaling server.",
     next: "Check the address in Settings and that the server is running, then try again.",
   },
+  peer_verification_failed: {
+    title: "Peer verification failed: the other device could not be verified.",
+    next: "Nothing was sent. Someone may be interfering: check that you are sending to the right device, then try again (with a new code).",
+  },
+  verification_failed: {
+    title: "A received file did not match what the sender hashed.",
+    next: "It was not saved under its name. Ask the sender to send it again.",
+  },
+  turn_refused: {
+    title: "The relay (TURN) server refused the connection.",
+    next: "Check the TURN server's address, user name and password in Settings.",
+  },
+  not_on_lan: {
+    title: "No sender with this code on your network.",
+    next: "Check that both computers are on the same network, or set a signaling server in Settings.",
+  },
+  lan: { title: "Finding devices on your network failed.", next: "Check the network connection, then try again." },
+  protocol: {
+    title: "The other side sent something Skiff does not understand.",
+    next: "Make sure both sides run a current Skiff. Everything received so far is kept.",
+  },
+  replay: { title: "A message from the other side was repeated or out of order.", next: "The connection was closed to be safe. Resume continues from what was kept." },
+  frame_too_large: { title: "The other side sent a message that is too large.", next: "The connection was closed. Make sure both sides run a current Skiff." },
+  remote: { title: "The other side reported a problem.", next: "See Details for its words." },
+  store: { title: "Skiff's transfer records could not be read or written.", next: "Check the disk space of the data folder, then restart Skiff." },
+  node_stopped: { title: "Skiff is shutting down.", next: "Start it again to continue." },
+  embedded_port: {
+    title: "The built-in server is on another port this time.",
+    next: "Another program (or another Skiff) uses port 47231. Other Skiff apps on your network still find this one; close the other program and restart Skiff to resume transfers that met on the usual port.",
+  },
   timeout: { title: "The other side did not answer in time.", next: "Check that the other computer is online, then try again." },
   connection_closed: {
     title: "The connection was lost.",
@@ -42,7 +72,7 @@ const TABLE: Record<string, Words> = {
   declined: { title: "The receiver declined.", next: "Send again if that was a mistake." },
   cancelled: { title: "The transfer was cancelled.", next: "Files that were complete are kept." },
   decrypt: {
-    title: "Security check failed.",
+    title: "Peer verification failed.",
     next: "Skiff could not prove the connection is private, so it stopped. Someone may be interfering with the network.",
   },
   bad_path: { title: "The sender offered an unsafe file name.", next: "Nothing was written. Ask the sender what they meant to send." },

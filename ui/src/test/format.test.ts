@@ -37,7 +37,7 @@ describe("format", () => {
   });
 
   it("every error code the engine reports has words; unknown ones a generic line", () => {
-    for (const code of ["code_mismatch", "unknown_code", "disk_full", "source_changed", "signal", "not_available"]) {
+    for (const code of ["code_mismatch", "unknown_code", "disk_full", "source_changed", "signal", "not_available", "embedded_port", "peer_verification_failed", "decrypt", "turn_refused", "not_on_lan", "protocol", "remote", "store"]) {
       expect(words({ code, message: "x" }).title).not.toBe("Something went wrong.");
     }
     expect(words({ code: "whatever", message: "x" }).title).toBe("Something went wrong.");
