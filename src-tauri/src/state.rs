@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use skiff_core::events::Event;
-use skiff_core::node::{Decision, IncomingOffer, ReceiveOptions, SendOptions};
+use skiff_core::node::{Decision, IncomingOffer, ReceiveOptions, SendOptions, SendStarted};
 use skiff_core::settings::Settings;
 use skiff_core::{Config, Node};
 use tokio_util::sync::CancellationToken;
@@ -260,10 +260,7 @@ impl AppState {
         if paths.is_empty() {
             return Err(CommandError::new("invalid_input", "nothing to send"));
         }
-        let for_items = paths.clone();
-        let items = tokio::task::spawn_blocking(move || summarise(&for_items))
-            .await
-            .map_err(|_| CommandError::new("io", "reading the chosen items failed"))?;
+        let items = summarise_off_runtime(&paths).await?;
         let opts = SendOptions {
             listen: "0.0.0.0:0".into(),
             // Embedded mode: the code's nameplate is announced on the LAN (`snp=`).
@@ -291,19 +288,29 @@ impl AppState {
             }
             None => self.node.send(paths, opts).await?,
         };
-        self.watch(&started.id);
         let signal_url = self.network.lock().await.status().url;
         let link = format!("{}{}", skiff_proto::code::LINK_SCHEME, started.code);
-        let total_files = items.iter().map(|i| i.files).sum();
-        let total_bytes = items.iter().map(|i| i.bytes).sum();
+        Ok(self.shared(started, items, link, signal_url, to))
+    }
+
+    /// The Send screen's card of a started send (which is watched from now on).
+    fn shared(
+        &self,
+        started: SendStarted,
+        items: Vec<ItemDto>,
+        link: String,
+        signal_url: Option<String>,
+        to: Option<String>,
+    ) -> ShareDto {
+        self.watch(&started.id);
         self.bridge.send(UiEvent::Refresh);
-        Ok(ShareDto {
+        ShareDto {
             id: started.id,
             code: started.code,
             link,
+            total_files: items.iter().map(|i| i.files).sum(),
+            total_bytes: items.iter().map(|i| i.bytes).sum(),
             items,
-            total_files,
-            total_bytes,
             skipped: started
                 .skipped
                 .into_iter()
@@ -311,7 +318,7 @@ impl AppState {
                 .collect(),
             signal_url,
             to,
-        })
+        }
     }
 
     /// Other Skiff apps on the LAN (empty unless the embedded server runs on the LAN).
@@ -353,10 +360,7 @@ impl AppState {
             )
         })?;
         let url = skiff_core::lan::reachable_signal_url(&peer.addrs).await?;
-        let for_items = paths.clone();
-        let items = tokio::task::spawn_blocking(move || summarise(&for_items))
-            .await
-            .map_err(|_| CommandError::new("io", "reading the chosen items failed"))?;
+        let items = summarise_off_runtime(&paths).await?;
         let opts = SendOptions {
             listen: "0.0.0.0:0".into(),
             signal: Some(url.clone()),
@@ -367,25 +371,13 @@ impl AppState {
             .node
             .send_to(&peer.device_id, space, paths, opts)
             .await?;
-        self.watch(&started.id);
-        let total_files = items.iter().map(|i| i.files).sum();
-        let total_bytes = items.iter().map(|i| i.bytes).sum();
-        self.bridge.send(UiEvent::Refresh);
-        Ok(ShareDto {
-            id: started.id,
-            code: started.code,
-            link: String::new(),
+        Ok(self.shared(
+            started,
             items,
-            total_files,
-            total_bytes,
-            skipped: started
-                .skipped
-                .into_iter()
-                .map(|(p, why)| (p.display().to_string(), why))
-                .collect(),
-            signal_url: Some(url),
-            to: Some(peer.name),
-        })
+            String::new(),
+            Some(url),
+            Some(peer.device_id),
+        ))
     }
 
     /// Connects with a code and returns the offer for the user to decide on.
@@ -678,6 +670,14 @@ fn offer_dto(offer: &IncomingOffer, download_dir: &Path) -> OfferDto {
 }
 
 /// Name, size and file count of each chosen item (folders walked without following links).
+/// [`summarise`] on a blocking thread (it walks folders).
+async fn summarise_off_runtime(paths: &[PathBuf]) -> CmdResult<Vec<ItemDto>> {
+    let paths = paths.to_vec();
+    tokio::task::spawn_blocking(move || summarise(&paths))
+        .await
+        .map_err(|_| CommandError::new("io", "reading the chosen items failed"))
+}
+
 pub fn summarise(paths: &[PathBuf]) -> Vec<ItemDto> {
     paths
         .iter()
