@@ -590,26 +590,15 @@ async fn watch_requests(
                     },
                 );
             }
-            Event::Offer {
-                transfer,
-                sender,
-                files,
-                dirs,
-                total,
-                entries,
-            } => {
+            ev @ Event::Offer { .. } => {
+                let Some(offer) = IncomingOffer::from_event(ev) else {
+                    continue;
+                };
+                let transfer = offer.id.clone();
                 let Some(r) = verified.remove(&transfer) else {
                     continue; // a code receive: `start_receive` has it
                 };
                 order.retain(|t| t != &transfer);
-                let offer = IncomingOffer {
-                    id: transfer.clone(),
-                    sender,
-                    files,
-                    dirs,
-                    total,
-                    entries,
-                };
                 let download_dir = settings
                     .lock()
                     .map(|s| s.effective_download_dir())

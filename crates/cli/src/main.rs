@@ -392,26 +392,10 @@ async fn listen(
             Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
             Err(_) => return Ok(true),
         };
-        if let skiff_core::Event::Offer {
-            transfer,
-            sender,
-            files,
-            dirs,
-            total,
-            entries,
-        } = ev
-        {
+        if let Some(offer) = skiff_core::IncomingOffer::from_event(ev) {
             if yes {
                 continue;
             }
-            let offer = skiff_core::IncomingOffer {
-                id: transfer.clone(),
-                sender,
-                files,
-                dirs,
-                total,
-                entries,
-            };
             out.show_offer(&offer, dir.as_ref().unwrap_or(&config.download_dir));
             // The prompt reads the terminal: run it off the runtime.
             let answer = tokio::task::spawn_blocking(|| ask("Accept? [y/N] "))
@@ -422,7 +406,7 @@ async fn listen(
             } else {
                 Decision::Decline
             };
-            if let Err(e) = node.decide(&transfer, decision).await {
+            if let Err(e) = node.decide(&offer.id, decision).await {
                 out.note(&format!("{e}"));
             }
         }

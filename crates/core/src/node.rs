@@ -172,6 +172,31 @@ pub struct IncomingOffer {
     pub entries: Vec<OfferEntry>,
 }
 
+impl IncomingOffer {
+    /// The offer an [`Event::Offer`] carries (what a shell shows before it decides);
+    /// `None` for any other event.
+    pub fn from_event(event: Event) -> Option<Self> {
+        match event {
+            Event::Offer {
+                transfer,
+                sender,
+                files,
+                dirs,
+                total,
+                entries,
+            } => Some(Self {
+                id: transfer,
+                sender,
+                files,
+                dirs,
+                total,
+                entries,
+            }),
+            _ => None,
+        }
+    }
+}
+
 /// The receiver's answer to an offer.
 #[derive(Debug, Clone)]
 pub enum Decision {
